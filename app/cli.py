@@ -1,0 +1,49 @@
+"""The `chan` command line: one entry point whose subcommands come from each package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `chan` parser; subcommand modules are imported here, their heavy
+    dependencies only when a command runs."""
+    from model import cli as model_cli
+
+    parser = argparse.ArgumentParser(
+        prog="chan", description="CHAN image-text retrieval: model, index builder, search service."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_cli.add_subcommands(subparsers)
+    bench = subparsers.add_parser("bench", help="benchmarks that print side-by-side ratios")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    model_cli.add_bench_subcommands(bench_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `chan` with argv; returns the exit code. User errors print one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"chan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"chan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
