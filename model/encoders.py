@@ -49,16 +49,17 @@ class RegionEncoder(nn.Module):
 
     def forward(self, regions: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """regions: (B, K, D), lens: (B,) valid counts -> (B, K, d), padded slots zeroed."""
-        h = self.proj(regions)
+        valid = lengths_to_mask(lens, regions.shape[1])[..., None]
+        # Padded slots enter as zero rows whatever the caller left there (the reference
+        # implementation's padding), which matters when attention is unmasked.
+        h = self.proj(regions.masked_fill(~valid, 0))
         if self.attn is not None:
-            pad = None
-            if self.mask_padding:
-                pad = ~lengths_to_mask(lens, regions.shape[1])
+            pad = ~valid[..., 0] if self.mask_padding else None
             q = self.norm(h)
             h = h + self.attn(q, q, q, key_padding_mask=pad, need_weights=False)[0]
         if self.normalize:
             h = l2norm(h)
-        return h * lengths_to_mask(lens, regions.shape[1])[..., None].to(h.dtype)
+        return h.masked_fill(~valid, 0)
 
 
 class BiGRUTextEncoder(nn.Module):

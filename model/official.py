@@ -40,6 +40,10 @@ def read_official(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint {path} not found")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # zip or legacy pickle
+        raise OfficialFormatError(f"{path} is not a torch checkpoint (not written by torch.save)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             raw = torch.load(path, map_location="cpu", weights_only=True)
