@@ -40,14 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-mb", type=int, default=64, help="memory bound of one block")
     parser.add_argument("--groups", type=int, default=5, help="interleaved hard/matmul rounds")
     parser.add_argument("--soft-images", type=int, default=20, help="images for the soft baseline")
-    parser.add_argument("--reference-images", type=int, default=100,
-                        help="images for the reference-style port")
+    parser.add_argument(
+        "--reference-images", type=int, default=100, help="images for the reference-style port"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads")
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the peak-memory runs (each in a fresh process)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
+    )
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the peak-memory runs (each in a fresh process)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
 
 
 def peak_extra_bytes(method: str, args: argparse.Namespace) -> int:
@@ -70,19 +78,28 @@ def _child_peak(method: str, options: dict[str, Any]) -> int:
     return max(0, _status_kb("VmHWM") - before) * 1024
 
 
-def _methods(args: argparse.Namespace, regions: torch.Tensor, words: torch.Tensor,
-             lens: torch.Tensor, flat: FlatWords) -> dict[str, Any]:
+def _methods(
+    args: argparse.Namespace,
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    lens: torch.Tensor,
+    flat: FlatWords,
+) -> dict[str, Any]:
     """The measured computations, by name, as zero-argument callables."""
     bound = args.chunk_mb * 2**20
     hard, soft = Matching(coding="hard", pooling="lse"), Matching(coding="soft", pooling="mean")
     n_ref, n_soft = min(args.reference_images, args.images), min(args.soft_images, args.images)
     return {
-        "hard_fp32": lambda: score_matrix(regions, None, flat, matching=hard, max_chunk_bytes=bound),
-        "hard_bf16": lambda: score_matrix(regions, None, flat, matching=hard, max_chunk_bytes=bound,
-                                          compute_dtype=torch.bfloat16),
+        "hard_fp32": lambda: score_matrix(
+            regions, None, flat, matching=hard, max_chunk_bytes=bound
+        ),
+        "hard_bf16": lambda: score_matrix(
+            regions, None, flat, matching=hard, max_chunk_bytes=bound, compute_dtype=torch.bfloat16
+        ),
         "reference_style_fp32": lambda: reference_style(regions[:n_ref], words, lens),
-        "soft_fp32": lambda: score_matrix(regions[:n_soft], None, flat, matching=soft,
-                                          max_chunk_bytes=bound),
+        "soft_fp32": lambda: score_matrix(
+            regions[:n_soft], None, flat, matching=soft, max_chunk_bytes=bound
+        ),
         "soft_reference_style_fp32": lambda: scan_reference_style(regions[:n_soft], words, lens),
     }
 
@@ -104,8 +121,13 @@ def make_inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, t
     return regions, words, lens
 
 
-def reference_style(regions: torch.Tensor, words: torch.Tensor, lens: torch.Tensor,
-                    temperature: float = 0.1, shard: int = 128) -> torch.Tensor:
+def reference_style(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    lens: torch.Tensor,
+    temperature: float = 0.1,
+    shard: int = 128,
+) -> torch.Tensor:
     """Hard assignment as a direct port computes it: every padded slot multiplied, a
     mask built by a second product, masked_fill, max, pooling; 128 x 128 shards."""
     n_img, slots, dim = regions.shape
@@ -113,20 +135,25 @@ def reference_style(regions: torch.Tensor, words: torch.Tensor, lens: torch.Tens
     out = torch.empty(n_img, words.shape[0])
     for i in range(0, n_img, shard):
         for c in range(0, words.shape[0], shard):
-            img, cap, cl = regions[i:i + shard], words[c:c + shard], lens[c:c + shard]
-            sims = (img.reshape(-1, dim) @ cap.reshape(-1, dim).T)
+            img, cap, cl = regions[i : i + shard], words[c : c + shard], lens[c : c + shard]
+            sims = img.reshape(-1, dim) @ cap.reshape(-1, dim).T
             sims = sims.view(img.shape[0], slots, cap.shape[0], -1).permute(0, 2, 1, 3)
-            mi = (torch.arange(slots)[None] < region_lens[i:i + shard, None]).float().reshape(-1, 1)
+            mi = (
+                (torch.arange(slots)[None] < region_lens[i : i + shard, None])
+                .float()
+                .reshape(-1, 1)
+            )
             mc = (torch.arange(cap.shape[1])[None] < cl[:, None]).float().reshape(1, -1)
             mask = (mi @ mc).view(img.shape[0], slots, cap.shape[0], -1).permute(0, 2, 1, 3)
             best = sims.masked_fill(mask == 0, -1).max(dim=-2)[0]
             best = best.masked_fill(best == -1, float("-inf"))
-            out[i:i + shard, c:c + shard] = torch.logsumexp(best / temperature, dim=-1)
+            out[i : i + shard, c : c + shard] = torch.logsumexp(best / temperature, dim=-1)
     return out
 
 
-def scan_reference_style(regions: torch.Tensor, words: torch.Tensor, lens: torch.Tensor,
-                         smooth: float = 9.0) -> torch.Tensor:
+def scan_reference_style(
+    regions: torch.Tensor, words: torch.Tensor, lens: torch.Tensor, smooth: float = 9.0
+) -> torch.Tensor:
     """SCAN text-to-image attention as the reference code computes it: one caption at a
     time, repeated for every image, attended features built explicitly; mean pooling."""
     n_img = regions.shape[0]
@@ -176,8 +203,11 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
     roofline = Roofline(dim)
     hard_s, mm_s, pieces = 0.0, 0.0, []
     for group in torch.arange(n_img).chunk(args.groups):
-        part, seconds = _timed(lambda g=group: score_matrix(
-            regions[g], None, flat, matching=hard_match, max_chunk_bytes=bound))
+        part, seconds = _timed(
+            lambda g=group: score_matrix(
+                regions[g], None, flat, matching=hard_match, max_chunk_bytes=bound
+            )
+        )
         pieces.append(part)
         hard_s += seconds
         mm_s += roofline.seconds(flops * len(group) / n_img)
@@ -190,8 +220,11 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
             continue
         results[name], seconds[name] = _timed(run[name])
 
-    subset = {"reference_style_fp32": n_ref, "soft_fp32": n_soft,
-              "soft_reference_style_fp32": n_soft}
+    subset = {
+        "reference_style_fp32": n_ref,
+        "soft_fp32": n_soft,
+        "soft_reference_style_fp32": n_soft,
+    }
     methods: dict[str, dict[str, float]] = {}
     for name, secs in seconds.items():
         n = subset.get(name, n_img)
@@ -199,10 +232,12 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
         methods[name] = _figures(n * args.captions, secs, flops * n / n_img, peak)
     if n_ref:
         methods["reference_style_fp32"]["max_abs_diff_vs_hard"] = float(
-            (results["reference_style_fp32"] - hard[:n_ref]).abs().max())
+            (results["reference_style_fp32"] - hard[:n_ref]).abs().max()
+        )
     if n_soft:
         methods["soft_reference_style_fp32"]["max_abs_diff_vs_soft"] = float(
-            (results["soft_reference_style_fp32"] - results["soft_fp32"]).abs().max())
+            (results["soft_reference_style_fp32"] - results["soft_fp32"]).abs().max()
+        )
 
     hard_pps = methods["hard_fp32"]["pairs_per_s"]
 
@@ -210,8 +245,15 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
         return hard_pps / methods[name]["pairs_per_s"] if name in methods else None
 
     return {
-        "sizes": {"images": n_img, "captions": args.captions, "regions": slots, "dim": dim,
-                  "words": total_words, "chunk_bytes": bound, "threads": torch.get_num_threads()},
+        "sizes": {
+            "images": n_img,
+            "captions": args.captions,
+            "regions": slots,
+            "dim": dim,
+            "words": total_words,
+            "chunk_bytes": bound,
+            "threads": torch.get_num_threads(),
+        },
         "flops": flops,
         "methods": methods,
         "hard_fraction_of_matmul": mm_s / hard_s,
@@ -242,32 +284,45 @@ class Roofline:
 
 
 def _figures(pairs: int, seconds: float, flops: float, peak_bytes: int) -> dict[str, float]:
-    return {"seconds": seconds, "pairs_per_s": pairs / seconds,
-            "gflop_per_s": flops / seconds / 1e9, "peak_extra_mb": peak_bytes / 2**20}
+    return {
+        "seconds": seconds,
+        "pairs_per_s": pairs / seconds,
+        "gflop_per_s": flops / seconds / 1e9,
+        "peak_extra_mb": peak_bytes / 2**20,
+    }
 
 
 def format_report(result: dict[str, Any]) -> str:
     """Human-readable table of a run_score_bench result."""
     s = result["sizes"]
-    lines = [f"{s['images']} images x {s['captions']} captions, K={s['regions']}, d={s['dim']}, "
-             f"{s['words']} words, chunk bound {s['chunk_bytes'] / 2**20:.0f} MB, "
-             f"{s['threads']} threads",
-             f"{'method':24} {'pairs/s':>12} {'GFLOP/s':>9} {'peak MB':>9}"]
+    lines = [
+        f"{s['images']} images x {s['captions']} captions, K={s['regions']}, d={s['dim']}, "
+        f"{s['words']} words, chunk bound {s['chunk_bytes'] / 2**20:.0f} MB, "
+        f"{s['threads']} threads",
+        f"{'method':24} {'pairs/s':>12} {'GFLOP/s':>9} {'peak MB':>9}",
+    ]
     for name, m in result["methods"].items():
-        lines.append(f"{name:24} {m['pairs_per_s']:12,.0f} {m['gflop_per_s']:9.1f} "
-                     f"{m['peak_extra_mb']:9.1f}")
+        lines.append(
+            f"{name:24} {m['pairs_per_s']:12,.0f} {m['gflop_per_s']:9.1f} {m['peak_extra_mb']:9.1f}"
+        )
     lines.append(f"hard fp32 / matmul roofline: {result['hard_fraction_of_matmul']:.2f}")
     if result["hard_over_soft"]:
-        lines.append(f"hard fp32 / soft (vectorised here): {result['hard_over_soft']:.1f}x; "
-                     f"/ soft (reference-style SCAN loop): "
-                     f"{result['hard_over_soft_reference_style']:.1f}x")
+        lines.append(
+            f"hard fp32 / soft (vectorised here): {result['hard_over_soft']:.1f}x; "
+            f"/ soft (reference-style SCAN loop): "
+            f"{result['hard_over_soft_reference_style']:.1f}x"
+        )
     if result["hard_over_reference_style"]:
-        lines.append(f"hard fp32 / reference-style port: {result['hard_over_reference_style']:.2f}x")
+        lines.append(
+            f"hard fp32 / reference-style port: {result['hard_over_reference_style']:.2f}x"
+        )
     agreement = result["bf16_agreement"]
-    lines.append(f"bf16 speed-up {result['bf16_speedup']:.2f}x, max |diff| "
-                 f"{result['bf16_max_abs_diff']:.2e}, t2i top-10 overlap "
-                 f"{agreement['t2i_top10_overlap']:.4f}, identical top-10 sets "
-                 f"{agreement['t2i_top10_identical_sets']:.3f}")
+    lines.append(
+        f"bf16 speed-up {result['bf16_speedup']:.2f}x, max |diff| "
+        f"{result['bf16_max_abs_diff']:.2e}, t2i top-10 overlap "
+        f"{agreement['t2i_top10_overlap']:.4f}, identical top-10 sets "
+        f"{agreement['t2i_top10_identical_sets']:.3f}"
+    )
     return "\n".join(lines)
 
 

@@ -39,12 +39,17 @@ class CHANModel(nn.Module):
         )
         if config.text_encoder == "bigru":
             self.text_encoder: nn.Module = BiGRUTextEncoder(
-                config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
+                config.vocab_size,
+                config.word_dim,
+                config.embed_size,
+                config.num_layers,
                 normalize=config.txt_norm,
             )
         else:
             self.text_encoder = BertTextEncoder(
-                config.bert_dir, config.embed_size, normalize=config.txt_norm,
+                config.bert_dir,
+                config.embed_size,
+                normalize=config.txt_norm,
                 pretrained=pretrained_text,
             )
         self.matching = Matching(
@@ -54,7 +59,9 @@ class CHANModel(nn.Module):
             soft_temperature=config.soft_temperature,
         )
 
-    def encode_images(self, regions: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_images(
+        self, regions: torch.Tensor, lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """regions: (B, K, D) features, lens: (B,) valid counts (None: all K valid).
         Returns (B, K, d); padded slots are zero."""
         if regions.ndim != 3 or regions.shape[-1] != self.config.img_dim:

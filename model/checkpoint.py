@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from model.chan import CHANModel
 from model.config import ModelConfig
-from model.vocab import BertTokenizer, CaptionTokenizer, Vocabulary, VocabTokenizer
+from model.vocab import BertTokenizer, CaptionTokenizer, VocabTokenizer, Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
     if document.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a {FORMAT} config (format={document.get('format')!r})")
+        raise ValueError(
+            f"{config_path} is not a {FORMAT} config (format={document.get('format')!r})"
+        )
     if document.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{config_path} has format_version {document.get('format_version')}, this code reads "
@@ -182,7 +184,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ValueError(f"{weights} does not match its config: {exc}") from None
     if missing or unexpected:
         raise ValueError(
-            f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{weights} does not match its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
         )
     model.to(device).eval()
     return LoadedCheckpoint(model, tokenizer, path, document.get("extractor"), document["metadata"])

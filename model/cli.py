@@ -38,7 +38,9 @@ def _add_import_official(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="official .pth file")
     text = parser.add_mutually_exclusive_group()
-    text.add_argument("--vocab", type=Path, help="vocab json of a BiGRU model (f30k/coco_precomp_vocab.json)")
+    text.add_argument(
+        "--vocab", type=Path, help="vocab json of a BiGRU model (f30k/coco_precomp_vocab.json)"
+    )
     text.add_argument("--bert-dir", type=Path, help="local BERT directory (config + tokenizer)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.set_defaults(func=_run_import_official)
@@ -59,12 +61,20 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
         description="Write the [n_images, n_captions] CHAN score matrix as float32 .npy.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
-    parser.add_argument("--regions", type=Path, required=True, help="[N, K, D] region features .npy")
-    parser.add_argument("--region-lens", type=Path, help="[N] valid region counts .npy (default: all K)")
-    parser.add_argument("--captions", type=Path, required=True, help="text file, one caption a line")
+    parser.add_argument(
+        "--regions", type=Path, required=True, help="[N, K, D] region features .npy"
+    )
+    parser.add_argument(
+        "--region-lens", type=Path, help="[N] valid region counts .npy (default: all K)"
+    )
+    parser.add_argument(
+        "--captions", type=Path, required=True, help="text file, one caption a line"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output .npy")
     parser.add_argument("--batch-size", type=int, default=128, help="encoder batch size")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 matrix products (faster, ~1e-3 error)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bfloat16 matrix products (faster, ~1e-3 error)"
+    )
     parser.set_defaults(func=_run_score)
 
 

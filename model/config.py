@@ -22,7 +22,9 @@ class ModelConfig:
     # Region (image) side.
     img_dim: int = 2048  # D: size of one input region feature (2048 for bottom-up features)
     embed_size: int = 1024  # d: size of the joint embedding space
-    region_encoder: str = "selfattention"  # "basic" = linear; "selfattention" = linear + pre-norm MHA
+    region_encoder: str = (
+        "selfattention"  # "basic" = linear; "selfattention" = linear + pre-norm MHA
+    )
     attention_heads: int = 8  # heads of the region self-attention (official: 8)
 
     # Text side.
@@ -87,20 +89,41 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 # demo world, and a tiny one that runs in milliseconds for tests.
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "chan-bigru-f30k": ModelConfig(
-        img_dim=2048, embed_size=1024, region_encoder="selfattention", text_encoder="bigru",
-        vocab_size=8482, word_dim=300, pooling="lse", pooling_temperature=0.1,
+        img_dim=2048,
+        embed_size=1024,
+        region_encoder="selfattention",
+        text_encoder="bigru",
+        vocab_size=8482,
+        word_dim=300,
+        pooling="lse",
+        pooling_temperature=0.1,
     ),
     "chan-bert-f30k": ModelConfig(
-        img_dim=2048, embed_size=1024, region_encoder="basic", text_encoder="bert",
-        bert_dir="bert-base-uncased", pooling="mean",
+        img_dim=2048,
+        embed_size=1024,
+        region_encoder="basic",
+        text_encoder="bert",
+        bert_dir="bert-base-uncased",
+        pooling="mean",
     ),
     "demo": ModelConfig(
-        img_dim=256, embed_size=256, region_encoder="selfattention", text_encoder="bigru",
-        vocab_size=0, word_dim=128, pooling="lse",
+        img_dim=256,
+        embed_size=256,
+        region_encoder="selfattention",
+        text_encoder="bigru",
+        vocab_size=0,
+        word_dim=128,
+        pooling="lse",
     ),
     "tiny": ModelConfig(
-        img_dim=16, embed_size=32, region_encoder="selfattention", attention_heads=4,
-        text_encoder="bigru", vocab_size=50, word_dim=8, pooling="lse",
+        img_dim=16,
+        embed_size=32,
+        region_encoder="selfattention",
+        attention_heads=4,
+        text_encoder="bigru",
+        vocab_size=50,
+        word_dim=8,
+        pooling="lse",
     ),
 }
 

@@ -38,7 +38,9 @@ class RegionEncoder(nn.Module):
         super().__init__()
         self.proj = nn.Linear(img_dim, embed_size)
         self.norm = nn.LayerNorm(embed_size) if self_attention else None
-        self.attn = nn.MultiheadAttention(embed_size, heads, batch_first=True) if self_attention else None
+        self.attn = (
+            nn.MultiheadAttention(embed_size, heads, batch_first=True) if self_attention else None
+        )
         self.normalize = normalize
         # The reference implementation attends over padded slots too; masking them is
         # the default because a padded slot carries no image content.

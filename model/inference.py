@@ -17,9 +17,7 @@ from model.scoring import FlatWords
 logger = logging.getLogger(__name__)
 
 
-def read_regions(
-    path: Path, lens_path: Path | None, img_dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+def read_regions(path: Path, lens_path: Path | None, img_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Open [N, K, D] region features (memory-mapped) and their [N] valid counts."""
     if not path.is_file():
         raise FileNotFoundError(f"region feature file {path} not found")
@@ -66,10 +64,11 @@ def encode_regions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K, D] features -> (N, K, d) embeddings and (N,) counts, batch by batch."""
     out = torch.empty(regions.shape[0], regions.shape[1], model.config.embed_size)
-    for start in tqdm(range(0, regions.shape[0], batch_size), desc="encode images", unit="batch",
-                      disable=None):
+    for start in tqdm(
+        range(0, regions.shape[0], batch_size), desc="encode images", unit="batch", disable=None
+    ):
         stop = start + batch_size
-        batch = torch.from_numpy(np.ascontiguousarray(regions[start:stop], dtype=np.float32))
+        batch = torch.tensor(regions[start:stop], dtype=torch.float32)  # copies out of the mmap
         out[start:stop] = model.encode_images(batch, torch.from_numpy(lens[start:stop]))
     return out, torch.from_numpy(lens)
 
@@ -79,8 +78,9 @@ def encode_captions(
 ) -> FlatWords:
     """Raw captions -> their valid word embeddings, back to back."""
     pieces, lengths = [], []
-    for start in tqdm(range(0, len(captions), batch_size), desc="encode captions", unit="batch",
-                      disable=None):
+    for start in tqdm(
+        range(0, len(captions), batch_size), desc="encode captions", unit="batch", disable=None
+    ):
         emb, lens = loaded.encode_captions(list(captions[start : start + batch_size]))
         flat = FlatWords.from_padded(emb, lens)
         pieces.append(flat.vectors)

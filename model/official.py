@@ -60,7 +60,8 @@ def read_official(path: str | Path) -> dict[str, Any]:
     parts = raw["model"]
     if not isinstance(parts, list | tuple) or len(parts) != 4:
         raise OfficialFormatError(
-            f"{path}: 'model' must be a list of 4 state dicts [img_enc, txt_enc, sim_enc, criterion]"
+            f"{path}: 'model' must be a list of 4 state dicts "
+            "[img_enc, txt_enc, sim_enc, criterion]"
         )
     if not isinstance(raw["opt"], argparse.Namespace):
         raise OfficialFormatError(f"{path}: 'opt' is not an argparse.Namespace")
@@ -104,8 +105,10 @@ def config_from_opt(opt: argparse.Namespace, bert_dir: str | None) -> ModelConfi
 
 def key_map(config: ModelConfig, txt_state: dict[str, torch.Tensor]) -> dict[tuple[str, str], str]:
     """(part, official key) -> own key, for every weight the own model needs."""
-    mapping = {("img_enc", "fc.weight"): "region_encoder.proj.weight",
-               ("img_enc", "fc.bias"): "region_encoder.proj.bias"}
+    mapping = {
+        ("img_enc", "fc.weight"): "region_encoder.proj.weight",
+        ("img_enc", "fc.bias"): "region_encoder.proj.bias",
+    }
     if config.region_encoder == "selfattention":
         for name in ("weight", "bias"):
             mapping["img_enc", f"feedforward.ln.{name}"] = f"region_encoder.norm.{name}"
@@ -174,7 +177,9 @@ def import_official(
     vocab = None
     if config.text_encoder == "bigru":
         if vocab_path is None:
-            raise OfficialFormatError("this is a BiGRU checkpoint: pass --vocab with its vocab json")
+            raise OfficialFormatError(
+                "this is a BiGRU checkpoint: pass --vocab with its vocab json"
+            )
         vocab = Vocabulary.load(vocab_path)
         rows = raw["model"][1].get("embed.weight")
         if rows is not None and rows.shape[0] != len(vocab):

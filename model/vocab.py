@@ -75,7 +75,9 @@ class Vocabulary:
         except FileNotFoundError:
             raise FileNotFoundError(f"vocabulary file {path} not found") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a vocabulary json ({{word2idx, idx2word, idx}}): {exc}") from None
+            raise ValueError(
+                f"{path} is not a vocabulary json ({{word2idx, idx2word, idx}}): {exc}"
+            ) from None
         words = sorted(word2idx, key=word2idx.__getitem__)
         if [word2idx[w] for w in words] != list(range(len(words))):
             raise ValueError(f"{path}: word indices must be 0..{len(words) - 1} without gaps")
@@ -111,7 +113,9 @@ class CaptionTokenizer(Protocol):
         ...
 
 
-def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_ids(
+    sequences: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into (B, L_max) and their lengths (B,)."""
     lens = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
     ids = torch.full((len(sequences), int(lens.max()) if len(sequences) else 0), pad_id)

@@ -27,15 +27,21 @@ def write_tiny_bert(directory: Path, hidden_size: int = 24, seed: int = 0) -> Pa
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]) + "\n")
+    vocab_file.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]) + "\n"
+    )
     (directory / "tokenizer_config.json").write_text(
         '{"tokenizer_class": "BertTokenizer", "do_lower_case": true}'
     )
     AutoTokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=5 + len(BERT_WORDS), hidden_size=hidden_size, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+        vocab_size=5 + len(BERT_WORDS),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(str(directory))
     return directory

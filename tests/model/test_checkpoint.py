@@ -14,8 +14,12 @@ from tests.conftest import CAPTIONS
 def scores_of(model, tokenizer, regions, region_lens):
     with torch.no_grad():
         ids, lens = tokenizer(CAPTIONS)
-        return model.score(model.encode_images(regions, region_lens), region_lens,
-                           model.encode_texts(ids, lens), lens)
+        return model.score(
+            model.encode_images(regions, region_lens),
+            region_lens,
+            model.encode_texts(ids, lens),
+            lens,
+        )
 
 
 @pytest.fixture
@@ -28,28 +32,40 @@ def test_bigru_round_trip_gives_identical_scores(tmp_path, vocab, regions):
     torch.manual_seed(0)
     model = create_model("tiny", vocab_size=len(vocab)).eval()
     spec = {"name": "demo", "k": 6, "dim": 16}
-    out = save_checkpoint(model, tmp_path / "ckpt", vocab=vocab, extractor=spec,
-                          metadata={"epoch": 3})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    out = save_checkpoint(
+        model, tmp_path / "ckpt", vocab=vocab, extractor=spec, metadata={"epoch": 3}
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+    ]
     loaded = load_checkpoint(out)
     assert loaded.config == model.config and loaded.extractor == spec
     assert loaded.metadata == {"epoch": 3}
     expected = scores_of(model, VocabTokenizer(vocab), *regions)
-    torch.testing.assert_close(scores_of(loaded.model, loaded.tokenizer, *regions), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        scores_of(loaded.model, loaded.tokenizer, *regions), expected, rtol=0, atol=0
+    )
 
 
 def test_bert_round_trip_gives_identical_scores(tmp_path, tiny_bert_dir, regions):
     torch.manual_seed(0)
-    model = create_model("tiny", text_encoder="bert", bert_dir=str(tiny_bert_dir),
-                         region_encoder="basic", pooling="mean").eval()
+    model = create_model(
+        "tiny",
+        text_encoder="bert",
+        bert_dir=str(tiny_bert_dir),
+        region_encoder="basic",
+        pooling="mean",
+    ).eval()
     tokenizer = BertTokenizer(tiny_bert_dir)
     out = save_checkpoint(model, tmp_path / "ckpt", bert_tokenizer=tokenizer)
     assert (out / "text_encoder" / "config.json").is_file()
     loaded = load_checkpoint(out)
     expected = scores_of(model, tokenizer, *regions)
-    torch.testing.assert_close(scores_of(loaded.model, loaded.tokenizer, *regions), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        scores_of(loaded.model, loaded.tokenizer, *regions), expected, rtol=0, atol=0
+    )
 
 
 def test_overwrite_replaces_atomically_and_hash_follows_weights(tmp_path, vocab):
@@ -65,7 +81,7 @@ def test_overwrite_replaces_atomically_and_hash_follows_weights(tmp_path, vocab)
 
 
 def test_missing_and_corrupt_checkpoints_are_rejected(tmp_path, vocab):
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         load_checkpoint(tmp_path)
     torch.manual_seed(0)
     path = save_checkpoint(create_model("tiny", vocab_size=len(vocab)), tmp_path / "c", vocab=vocab)

@@ -17,8 +17,24 @@ from model.vocab import VocabTokenizer
 from tests.conftest import CAPTIONS
 
 E, D, WORD_DIM, HEADS, SLOTS = 32, 20, 12, 8, 36
-WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle", "blue", "square", "left",
-         "of", "two", "green", "triangles", "above", "."]
+WORDS = [
+    "<pad>",
+    "<start>",
+    "<end>",
+    "<unk>",
+    "a",
+    "red",
+    "circle",
+    "blue",
+    "square",
+    "left",
+    "of",
+    "two",
+    "green",
+    "triangles",
+    "above",
+    ".",
+]
 
 
 def rand(*shape):
@@ -27,12 +43,16 @@ def rand(*shape):
 
 def official_bigru_parts(vocab_rows):
     """State dicts with the reference key names and shapes, random weights."""
-    img = {"fc.weight": rand(E, D), "fc.bias": rand(E),
-           "feedforward.ln.weight": 1 + rand(E), "feedforward.ln.bias": rand(E),
-           "feedforward.attn.in_proj_weight": rand(3 * E, E),
-           "feedforward.attn.in_proj_bias": rand(3 * E),
-           "feedforward.attn.out_proj.weight": rand(E, E),
-           "feedforward.attn.out_proj.bias": rand(E)}
+    img = {
+        "fc.weight": rand(E, D),
+        "fc.bias": rand(E),
+        "feedforward.ln.weight": 1 + rand(E),
+        "feedforward.ln.bias": rand(E),
+        "feedforward.attn.in_proj_weight": rand(3 * E, E),
+        "feedforward.attn.in_proj_bias": rand(3 * E),
+        "feedforward.attn.out_proj.weight": rand(E, E),
+        "feedforward.attn.out_proj.bias": rand(E),
+    }
     txt = {"embed.weight": rand(vocab_rows, WORD_DIM), "fc.weight": rand(E, E), "fc.bias": rand(E)}
     for suffix in ("", "_reverse"):
         txt[f"rnn.weight_ih_l0{suffix}"] = rand(3 * E, WORD_DIM)
@@ -43,10 +63,22 @@ def official_bigru_parts(vocab_rows):
 
 
 def options(**overrides):
-    base = dict(embed_size=E, img_dim=D, precomp_enc_type="selfattention", text_enc_type="bigru",
-                vocab_size=len(WORDS) + 1, word_dim=WORD_DIM, num_layers=1,
-                coding_type="VHACoding", pooling_type="LSEPooling", belta=0.1, no_imgnorm=False,
-                no_txtnorm=False, margin=0.05, data_name="f30k")
+    base = dict(
+        embed_size=E,
+        img_dim=D,
+        precomp_enc_type="selfattention",
+        text_enc_type="bigru",
+        vocab_size=len(WORDS) + 1,
+        word_dim=WORD_DIM,
+        num_layers=1,
+        coding_type="VHACoding",
+        pooling_type="LSEPooling",
+        belta=0.1,
+        no_imgnorm=False,
+        no_txtnorm=False,
+        margin=0.05,
+        data_name="f30k",
+    )
     base.update(overrides)
     return argparse.Namespace(**base)
 
@@ -57,13 +89,20 @@ def write_official(path, parts, opt):
 
 
 def write_vocab(path):
-    path.write_text(json.dumps({"word2idx": {w: i for i, w in enumerate(WORDS)},
-                                "idx2word": {str(i): w for i, w in enumerate(WORDS)},
-                                "idx": len(WORDS)}))
+    path.write_text(
+        json.dumps(
+            {
+                "word2idx": {w: i for i, w in enumerate(WORDS)},
+                "idx2word": {str(i): w for i, w in enumerate(WORDS)},
+                "idx": len(WORDS),
+            }
+        )
+    )
     return path
 
 
 # --- independent reference forward ------------------------------------------------
+
 
 def l2n(x):
     return x / (x.norm(dim=-1, keepdim=True) + 1e-8)
@@ -74,15 +113,17 @@ def ref_images(img, regions):
     h = regions @ img["fc.weight"].T + img["fc.bias"]
     q = F.layer_norm(h, (E,), img["feedforward.ln.weight"], img["feedforward.ln.bias"])
     w, b = img["feedforward.attn.in_proj_weight"], img["feedforward.attn.in_proj_bias"]
-    qs, ks, vs = (q @ w[i * E:(i + 1) * E].T + b[i * E:(i + 1) * E] for i in range(3))
+    qs, ks, vs = (q @ w[i * E : (i + 1) * E].T + b[i * E : (i + 1) * E] for i in range(3))
     dh = E // HEADS
     heads = []
     for k in range(HEADS):
         sl = slice(k * dh, (k + 1) * dh)
         att = torch.softmax(qs[..., sl] @ ks[..., sl].transpose(-1, -2) / math.sqrt(dh), dim=-1)
         heads.append(att @ vs[..., sl])
-    attn = torch.cat(heads, -1) @ img["feedforward.attn.out_proj.weight"].T \
+    attn = (
+        torch.cat(heads, -1) @ img["feedforward.attn.out_proj.weight"].T
         + img["feedforward.attn.out_proj.bias"]
+    )
     return l2n(h + attn)
 
 
@@ -94,8 +135,8 @@ def gru_direction(txt, x, suffix):
     for t in range(x.shape[0]):
         gi, gh = wi @ x[t] + bi, wh @ h + bh
         r = torch.sigmoid(gi[:E] + gh[:E])
-        z = torch.sigmoid(gi[E:2 * E] + gh[E:2 * E])
-        n = torch.tanh(gi[2 * E:] + r * gh[2 * E:])
+        z = torch.sigmoid(gi[E : 2 * E] + gh[E : 2 * E])
+        n = torch.tanh(gi[2 * E :] + r * gh[2 * E :])
         h = (1 - z) * n + z * h
         out.append(h)
     return torch.stack(out)
@@ -126,12 +167,16 @@ def ref_ids(caption):
 
 # --- tests --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def bigru_official(tmp_path):
     torch.manual_seed(0)
     parts = official_bigru_parts(len(WORDS) + 1)
-    return (write_official(tmp_path / "model_best.pth", parts, options()),
-            write_vocab(tmp_path / "f30k_precomp_vocab.json"), parts)
+    return (
+        write_official(tmp_path / "model_best.pth", parts, options()),
+        write_vocab(tmp_path / "f30k_precomp_vocab.json"),
+        parts,
+    )
 
 
 def test_bigru_selfattention_lse_matches_reference(tmp_path, bigru_official):
@@ -140,7 +185,9 @@ def test_bigru_selfattention_lse_matches_reference(tmp_path, bigru_official):
     assert loaded.config.official_compat and loaded.config.pooling == "lse"
     torch.manual_seed(1)
     counts = torch.tensor([36, 20, 7, 1])  # fewer than 36 regions: zero-padded slots
-    regions = torch.randn(4, SLOTS, D) * (torch.arange(SLOTS)[None, :, None] < counts[:, None, None])
+    regions = torch.randn(4, SLOTS, D) * (
+        torch.arange(SLOTS)[None, :, None] < counts[:, None, None]
+    )
     with torch.no_grad():
         img_emb = loaded.model.encode_images(regions, counts)
         cap_emb, cap_lens = loaded.encode_captions(CAPTIONS)
@@ -172,8 +219,9 @@ def test_bert_basic_mean_matches_reference(tmp_path, tiny_bert_dir):
     counts = torch.tensor([36, 11])
     regions = torch.randn(2, SLOTS, D)
     with torch.no_grad():
-        got = loaded.model.score(loaded.model.encode_images(regions, counts), counts,
-                                 *loaded.encode_captions(CAPTIONS))
+        got = loaded.model.score(
+            loaded.model.encode_images(regions, counts), counts, *loaded.encode_captions(CAPTIONS)
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
         img_emb = l2n(regions @ img["fc.weight"].T + img["fc.bias"])
         expected = torch.empty(2, len(CAPTIONS))
@@ -191,8 +239,14 @@ def test_bert_basic_mean_matches_reference(tmp_path, tiny_bert_dir):
     "mutate, message",
     [
         (lambda p: p[0].pop("feedforward.ln.bias"), "missing key img_enc.feedforward.ln.bias"),
-        (lambda p: p[1].__setitem__("rnn.weight_ih_l1", torch.zeros(1)), "unexpected key txt_enc.rnn.weight_ih_l1"),
-        (lambda p: p[0].__setitem__("fc.weight", torch.zeros(E, D + 1)), r"shape mismatch at img_enc.fc.weight"),
+        (
+            lambda p: p[1].__setitem__("rnn.weight_ih_l1", torch.zeros(1)),
+            "unexpected key txt_enc.rnn.weight_ih_l1",
+        ),
+        (
+            lambda p: p[0].__setitem__("fc.weight", torch.zeros(E, D + 1)),
+            r"shape mismatch at img_enc.fc.weight",
+        ),
         (lambda p: p[2].__setitem__("extra", torch.zeros(1)), "unexpected key sim_enc.extra"),
     ],
 )
@@ -219,9 +273,10 @@ def test_pickled_objects_other_than_namespace_are_refused(tmp_path, bigru_offici
 def test_vocab_size_and_coding_are_checked(tmp_path, bigru_official):
     ckpt, vocab, parts = bigru_official
     short = tmp_path / "short.json"
-    short.write_text(json.dumps({"word2idx": {w: i for i, w in enumerate(WORDS[:6])},
-                                 "idx2word": {}, "idx": 6}))
-    with pytest.raises(OfficialFormatError, match="vocabulary .* 7 entries"):
+    short.write_text(
+        json.dumps({"word2idx": {w: i for i, w in enumerate(WORDS[:6])}, "idx2word": {}, "idx": 6})
+    )
+    with pytest.raises(OfficialFormatError, match=r"vocabulary .* 7 entries"):
         import_official(ckpt, tmp_path / "own", vocab_path=short)
     soft = write_official(tmp_path / "soft.pth", parts, options(coding_type="VSACoding"))
     with pytest.raises(OfficialFormatError, match="VSACoding"):

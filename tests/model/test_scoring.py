@@ -25,12 +25,16 @@ def reference_hard(regions, region_lens, words, word_lens, pooling, temperature=
         for c in range(len(words)):
             best = []
             for w in range(int(word_lens[c])):
-                sims = [float(regions[i, r].double() @ words[c, w].double())
-                        for r in range(int(region_lens[i]))]
+                sims = [
+                    float(regions[i, r].double() @ words[c, w].double())
+                    for r in range(int(region_lens[i]))
+                ]
                 best.append(max(sims))
             if pooling == "lse":
                 m = max(best)
-                value = m / temperature + math.log(sum(math.exp((b - m) / temperature) for b in best))
+                value = m / temperature + math.log(
+                    sum(math.exp((b - m) / temperature) for b in best)
+                )
             elif pooling == "mean":
                 value = sum(best) / len(best)
             elif pooling == "max":
@@ -58,8 +62,12 @@ def reference_soft(regions, region_lens, words, word_lens, smooth=9.0):
 
 def random_batch(seed, n_img=5, n_cap=6, slots=7, max_words=9, dim=16, equal=False):
     gen = torch.Generator().manual_seed(seed)
-    regions = F.normalize(torch.randn(n_img, slots, dim, generator=gen, dtype=torch.float64), dim=-1)
-    words = F.normalize(torch.randn(n_cap, max_words, dim, generator=gen, dtype=torch.float64), dim=-1)
+    regions = F.normalize(
+        torch.randn(n_img, slots, dim, generator=gen, dtype=torch.float64), dim=-1
+    )
+    words = F.normalize(
+        torch.randn(n_cap, max_words, dim, generator=gen, dtype=torch.float64), dim=-1
+    )
     if equal:
         region_lens = torch.full((n_img,), slots)
         word_lens = torch.full((n_cap,), max_words)
@@ -101,7 +109,7 @@ def test_hard_assignment_edge_cases(pooling, shape):
 def test_padded_regions_never_win_even_when_larger():
     regions, rl, words, wl = random_batch(4)
     # make padded slots align perfectly with every word: they would win an unmasked max
-    regions[1, int(rl[1]):] = 0
+    regions[1, int(rl[1]) :] = 0
     rl[1] = 2
     regions[1, 2:] = words[0, 0] * 10
     got = score_matrix(regions, rl, words, wl, Matching(pooling="max"))
@@ -139,8 +147,9 @@ def test_bf16_path_is_close_to_fp32():
     regions, rl, words, wl = random_batch(7, n_img=20, n_cap=20, dim=64)
     regions, words = regions.float(), words.float()
     fp32 = score_matrix(regions, rl, words, wl, Matching(pooling="mean"))
-    bf16 = score_matrix(regions, rl, words, wl, Matching(pooling="mean"),
-                        compute_dtype=torch.bfloat16)
+    bf16 = score_matrix(
+        regions, rl, words, wl, Matching(pooling="mean"), compute_dtype=torch.bfloat16
+    )
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 2e-2
     assert not torch.equal(bf16, fp32)  # it really ran in lower precision

@@ -4,11 +4,19 @@ import json
 
 import pytest
 
-from model.vocab import MASK, BertTokenizer, Vocabulary, VocabTokenizer, tokenize
+from model.vocab import MASK, BertTokenizer, VocabTokenizer, Vocabulary, tokenize
 
 
 def test_tokenize_is_treebank_style_and_lower_case():
-    assert tokenize("A Man's red-jacket, riding.") == ["a", "man", "'s", "red-jacket", ",", "riding", "."]
+    assert tokenize("A Man's red-jacket, riding.") == [
+        "a",
+        "man",
+        "'s",
+        "red-jacket",
+        ",",
+        "riding",
+        ".",
+    ]
     # a second sentence is split so its full stop is its own token, not glued to the word
     assert tokenize("Two dogs. A cat sits!") == ["two", "dogs", ".", "a", "cat", "sits", "!"]
     # abbreviations with inner dots do not end a sentence
@@ -34,9 +42,15 @@ def test_save_load_round_trip_in_official_format(tmp_path, vocab):
 def test_official_vocab_gets_mask_appended(tmp_path):
     words = ["<pad>", "<start>", "<end>", "<unk>", "dog", "runs"]
     path = tmp_path / "f30k_precomp_vocab.json"
-    path.write_text(json.dumps({"word2idx": {w: i for i, w in enumerate(words)},
-                                "idx2word": {str(i): w for i, w in enumerate(words)},
-                                "idx": len(words)}))
+    path.write_text(
+        json.dumps(
+            {
+                "word2idx": {w: i for i, w in enumerate(words)},
+                "idx2word": {str(i): w for i, w in enumerate(words)},
+                "idx": len(words),
+            }
+        )
+    )
     vocab = Vocabulary.load(path)
     assert len(vocab) == 7 and vocab(MASK) == 6
     assert VocabTokenizer(vocab).ids("The dog runs") == [1, 3, 4, 5, 2]
@@ -49,7 +63,9 @@ def test_vocab_tokenizer_pads_with_zero(vocab):
     assert ids[0, 0] == vocab("<start>") and ids[0, 4] == vocab("<end>")
 
 
-@pytest.mark.parametrize("content", ["not json", '{"idx": 3}', '{"word2idx": {"<pad>": 0, "x": 2}}'])
+@pytest.mark.parametrize(
+    "content", ["not json", '{"idx": 3}', '{"word2idx": {"<pad>": 0, "x": 2}}']
+)
 def test_bad_vocab_files_are_rejected(tmp_path, content):
     path = tmp_path / "v.json"
     path.write_text(content)
@@ -67,4 +83,4 @@ def test_bert_tokenizer_from_model_dir(tiny_bert_dir):
     ids, lens = tokenizer(["A red circle.", "two big stars"])
     pieces = tokenizer.tokenizer.convert_ids_to_tokens(ids[1, : int(lens[1])].tolist())
     assert pieces == ["[CLS]", "two", "big", "star", "##s", "[SEP]"]
-    assert ids[0, int(lens[0]):].eq(0).all()
+    assert ids[0, int(lens[0]) :].eq(0).all()
