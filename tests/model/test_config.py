@@ -10,7 +10,7 @@ from model.config import MODEL_CONFIGS, ModelConfig, get_config
 def test_registry_lookup_and_overrides():
     tiny = get_config("tiny", pooling="mean")
     assert tiny.pooling == "mean" and MODEL_CONFIGS["tiny"].pooling == "lse"
-    with pytest.raises(ValueError, match="available: .*tiny"):
+    with pytest.raises(ValueError, match=r"available: .*tiny"):
         get_config("huge")
 
 
