@@ -306,3 +306,34 @@ def best_regions(
     sims = words @ regions[:region_len].T  # (L, K_valid)
     values, index = sims.max(dim=1)
     return index, values
+
+
+def score_text_query(
+    words: torch.Tensor,
+    regions: torch.Tensor,
+    region_lens: torch.Tensor | None,
+    matching: Matching | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One caption's valid words (L, d) against stored images (N, K, d) -> (N,) scores.
+
+    The fast path of text -> image search: one (N_chunk * K, d) x (d, L) product per
+    image chunk, then the max over regions and the pooling."""
+    flat = FlatWords(words, torch.tensor([0, words.shape[0]], device=words.device))
+    return score_matrix(regions, region_lens, flat, None, matching, max_chunk_bytes, compute_dtype)[
+        :, 0
+    ]
+
+
+def score_image_query(
+    regions: torch.Tensor,
+    words: FlatWords,
+    matching: Matching | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One image's valid regions (K, d) against stored captions -> (n_captions,) scores."""
+    return score_matrix(regions[None], None, words, None, matching, max_chunk_bytes, compute_dtype)[
+        0
+    ]

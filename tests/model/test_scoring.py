@@ -12,7 +12,9 @@ from model.scoring import (
     best_regions,
     fill_padded_regions,
     plan_chunks,
+    score_image_query,
     score_matrix,
+    score_text_query,
 )
 
 POOLINGS = ["lse", "mean", "max", "sum"]
@@ -200,3 +202,17 @@ def test_invalid_lengths_are_rejected():
         score_matrix(regions, torch.zeros_like(rl), words, wl)
     with pytest.raises(ValueError, match="word counts"):
         score_matrix(regions, rl, words, wl + 100)
+
+
+@pytest.mark.parametrize("coding", ["hard", "soft"])
+def test_single_query_fast_paths_equal_the_matrix(coding):
+    regions, rl, words, wl = random_batch(11, n_img=9, n_cap=8)
+    matching = Matching(coding=coding, pooling="lse")
+    whole = score_matrix(regions, rl, words, wl, matching)
+    flat = FlatWords.from_padded(words, wl)
+    for c in range(8):
+        got = score_text_query(words[c, : int(wl[c])], regions, rl, matching, max_chunk_bytes=4000)
+        torch.testing.assert_close(got, whole[:, c], rtol=0, atol=1e-12)
+    for i in range(9):
+        got = score_image_query(regions[i, : int(rl[i])], flat, matching, max_chunk_bytes=4000)
+        torch.testing.assert_close(got, whole[i], rtol=0, atol=1e-12)
