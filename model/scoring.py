@@ -276,17 +276,27 @@ def score_matrix(
     images_per_chunk, ranges = plan_chunks(
         n_images, slots, flat.lengths, dim, matching.coding, max_chunk_bytes, element_bytes
     )
+    # Without autograd, blocks are written straight into the result (no joining copies).
+    needs_grad = torch.is_grad_enabled() and (regions.requires_grad or flat.vectors.requires_grad)
+    out_dtype = torch.promote_types(regions.dtype, torch.float32)
+    result = None if needs_grad else regions.new_empty(n_images, len(flat.lengths), dtype=out_dtype)
     columns = []
     for start, stop in ranges:
         chunk = flat.slice(start, stop)
         if matching.coding == "hard":
             chunk = chunk.aligned()
-        rows = [
-            score_block(regions[a:b], _slice(region_lens, a, b), chunk, matching, compute_dtype)
-            for a, b in _ranges(n_images, images_per_chunk)
-        ]
-        columns.append(torch.cat(rows, 0))
-    return torch.cat(columns, 1)
+        rows = []
+        for a, b in _ranges(n_images, images_per_chunk):
+            block = score_block(
+                regions[a:b], _slice(region_lens, a, b), chunk, matching, compute_dtype
+            )
+            if result is None:
+                rows.append(block)
+            else:
+                result[a:b, start:stop] = block
+        if result is None:
+            columns.append(torch.cat(rows, 0))
+    return result if result is not None else torch.cat(columns, 1)
 
 
 def _ranges(n: int, step: int) -> Iterator[tuple[int, int]]:

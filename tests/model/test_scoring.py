@@ -216,3 +216,13 @@ def test_single_query_fast_paths_equal_the_matrix(coding):
     for i in range(9):
         got = score_image_query(regions[i, : int(rl[i])], flat, matching, max_chunk_bytes=4000)
         torch.testing.assert_close(got, whole[i], rtol=0, atol=1e-12)
+
+
+def test_chunked_scores_with_autograd_equal_those_without():
+    regions, rl, words, wl = random_batch(12, n_img=11, n_cap=13)
+    with torch.no_grad():
+        plain = score_matrix(regions, rl, words, wl, Matching(), max_chunk_bytes=3000)
+    regions.requires_grad_(True)
+    tracked = score_matrix(regions, rl, words, wl, Matching(), max_chunk_bytes=3000)
+    assert tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
