@@ -112,12 +112,10 @@ def pool_words(sims: torch.Tensor, offsets: torch.Tensor, matching: Matching) ->
     """
     lens = offsets[1:] - offsets[:-1]
     if matching.pooling == "sum":
-        padded, _ = _to_padded(sims, offsets, 0.0)
-        return padded.sum(-1)
+        return _to_padded(sims, offsets, 0.0).sum(-1)
     if matching.pooling == "mean":
-        padded, _ = _to_padded(sims, offsets, 0.0)
-        return padded.sum(-1) / lens.to(sims.dtype)
-    padded, _ = _to_padded(sims, offsets, float("-inf"))
+        return _to_padded(sims, offsets, 0.0).sum(-1) / lens.to(sims.dtype)
+    padded = _to_padded(sims, offsets, float("-inf"))
     if matching.pooling == "max":
         return padded.amax(-1)
     if matching.pooling == "lse":
@@ -125,10 +123,8 @@ def pool_words(sims: torch.Tensor, offsets: torch.Tensor, matching: Matching) ->
     raise ValueError(f"unknown pooling {matching.pooling!r}")
 
 
-def _to_padded(
-    sims: torch.Tensor, offsets: torch.Tensor, fill: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, W) flat -> (B, B_cap, L_max) padded with `fill`, and the (B_cap, L_max) mask."""
+def _to_padded(sims: torch.Tensor, offsets: torch.Tensor, fill: float) -> torch.Tensor:
+    """(B, W) flat -> (B, B_cap, L_max), padded word slots holding `fill`."""
     lens = offsets[1:] - offsets[:-1]
     max_len = int(lens.max())
     steps = torch.arange(max_len, device=sims.device)
@@ -136,7 +132,7 @@ def _to_padded(
     sentinel = sims.shape[1]  # index of the fill column appended below
     positions = torch.where(valid, offsets[:-1, None] + steps[None, :], sentinel)
     extended = F.pad(sims, (0, 1), value=fill)
-    return extended[:, positions], valid
+    return extended[:, positions]
 
 
 def hard_assignment(regions: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
