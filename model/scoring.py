@@ -327,9 +327,10 @@ def score_text_query(
     The fast path of text -> image search: one (N_chunk * K, d) x (d, L) product per
     image chunk, then the max over regions and the pooling."""
     flat = FlatWords(words, torch.tensor([0, words.shape[0]], device=words.device))
-    return score_matrix(regions, region_lens, flat, None, matching, max_chunk_bytes, compute_dtype)[
-        :, 0
-    ]
+    scores = score_matrix(
+        regions, region_lens, flat, None, matching, max_chunk_bytes, compute_dtype
+    )
+    return scores[:, 0]
 
 
 def score_image_query(
@@ -340,6 +341,7 @@ def score_image_query(
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One image's valid regions (K, d) against stored captions -> (n_captions,) scores."""
-    return score_matrix(regions[None], None, words, None, matching, max_chunk_bytes, compute_dtype)[
-        0
-    ]
+    scores = score_matrix(
+        regions[None], None, words, None, matching, max_chunk_bytes, compute_dtype
+    )
+    return scores[0]
