@@ -17,17 +17,22 @@ from model.scoring import FlatWords
 logger = logging.getLogger(__name__)
 
 
-def read_regions(path: Path, lens_path: Path | None, img_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Open [N, K, D] region features (memory-mapped) and their [N] valid counts."""
+def read_regions(
+    path: Path, lens_path: Path | None, img_dim: int | None, allow_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Open [N, K, D] region features (memory-mapped) and their [N] valid counts. D must
+    equal img_dim when given; allow_empty accepts count 0 (an image that failed
+    extraction)."""
     if not path.is_file():
         raise FileNotFoundError(f"region feature file {path} not found")
     try:
         regions = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise ValueError(f"{path} is not a .npy array: {exc}") from None
-    if regions.ndim != 3 or regions.shape[2] != img_dim:
+    if regions.ndim != 3 or (img_dim is not None and regions.shape[2] != img_dim):
         raise ValueError(
-            f"{path} has shape {regions.shape}; the checkpoint expects [N, K, {img_dim}]"
+            f"{path} has shape {regions.shape}; the model expects [N, K, {img_dim or 'D'}] "
+            "(its img_dim): extract with the matching extractor or pick the matching config"
         )
     if not np.issubdtype(regions.dtype, np.floating):
         raise ValueError(f"{path} holds {regions.dtype}; region features must be floats")
@@ -41,8 +46,9 @@ def read_regions(path: Path, lens_path: Path | None, img_dim: int) -> tuple[np.n
             f"{lens_path} must be [{regions.shape[0]}] integers (one count per image), "
             f"got {lens.shape} {lens.dtype}"
         )
-    if lens.size and (lens.min() < 1 or lens.max() > regions.shape[1]):
-        raise ValueError(f"{lens_path}: region counts must lie in [1, {regions.shape[1]}]")
+    low = 0 if allow_empty else 1
+    if lens.size and (lens.min() < low or lens.max() > regions.shape[1]):
+        raise ValueError(f"{lens_path}: region counts must lie in [{low}, {regions.shape[1]}]")
     return regions, lens.astype(np.int64)
 
 

@@ -1,0 +1,1 @@
+"""Image region extractors: an image in, K region vectors and their boxes out."""
