@@ -1,4 +1,5 @@
-"""Subcommands of `chan` that need only the model package: import-official, score, bench score."""
+"""Subcommands of `chan` that need only the model package: synth, extract,
+import-official, score, bench score / extract."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ logger = logging.getLogger(__name__)
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register this package's subcommands on the `chan` parser."""
+    from model import cli_data, cli_train
+
+    cli_data.add_subcommands(subparsers)
+    cli_train.add_subcommands(subparsers)
     _add_import_official(subparsers)
     _add_score(subparsers)
 
 
 def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Register `chan bench score`."""
+    """Register `chan bench score` and `chan bench extract`."""
     from model.bench import add_arguments
 
     parser = bench_subparsers.add_parser(
@@ -27,6 +32,13 @@ def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=_run_bench_score)
+    from model import bench_extract
+
+    parser = bench_subparsers.add_parser(
+        "extract", help="images/s and peak memory of the region extractors"
+    )
+    bench_extract.add_arguments(parser)
+    parser.set_defaults(func=bench_extract.run_from_args)
 
 
 def _add_import_official(subparsers: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 REGION_ENCODERS = ("basic", "selfattention")
 TEXT_ENCODERS = ("bigru", "bert")
-CODINGS = ("hard", "soft")
+CODINGS = ("hard", "soft", "global")
 POOLINGS = ("lse", "mean", "max", "sum")
 
 
@@ -35,7 +35,9 @@ class ModelConfig:
     bert_dir: str | None = None  # bert: local directory with config + tokenizer (+ weights)
 
     # Matching.
-    coding: str = "hard"  # "hard" = each word keeps its best region (CHAN); "soft" = SCAN attention
+    # "hard" = each word keeps its best region (CHAN); "soft" = SCAN attention;
+    # "global" = cosine of mean-pooled regions and mean-pooled words (VSE baseline)
+    coding: str = "hard"
     pooling: str = "lse"  # how per-word similarities become one score: lse | mean | max | sum
     pooling_temperature: float = 0.1  # LSE temperature (official `belta`): score = logsumexp(a / t)
     soft_temperature: float = 9.0  # soft coding: softmax sharpness over regions (SCAN lambda)

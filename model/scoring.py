@@ -33,7 +33,7 @@ _EPS = 1e-8
 class Matching:
     """How a word-region similarity block becomes one score (a slice of ModelConfig)."""
 
-    coding: str = "hard"  # "hard" | "soft"
+    coding: str = "hard"  # "hard" | "soft" | "global" (one pooled vector per side, VSE)
     pooling: str = "lse"  # "lse" | "mean" | "max" | "sum"
     pooling_temperature: float = 0.1  # lse: score = logsumexp(a / t)
     soft_temperature: float = 9.0  # soft: softmax sharpness over regions
@@ -267,6 +267,8 @@ def score_matrix(
     if region_lens is not None:
         check_lengths(region_lens, regions.shape[1], "region")
     flat = words if isinstance(words, FlatWords) else FlatWords.from_padded(words, word_lens)
+    if matching.coding == "global":
+        return global_scores(regions, region_lens, flat)
     n_images, slots, dim = regions.shape
     element_bytes = torch.finfo(compute_dtype or regions.dtype).bits // 8
     images_per_chunk, ranges = plan_chunks(
@@ -293,6 +295,33 @@ def score_matrix(
         if result is None:
             columns.append(torch.cat(rows, 0))
     return result if result is not None else torch.cat(columns, 1)
+
+
+def pooled_regions(regions: torch.Tensor, region_lens: torch.Tensor | None) -> torch.Tensor:
+    """(B, K, d) -> (B, d): l2-normalised mean of each image's valid regions."""
+    if region_lens is None:
+        mean = regions.mean(dim=1)
+    else:
+        valid = lengths_to_mask(region_lens, regions.shape[1]).to(regions.dtype)
+        mean = (regions * valid[..., None]).sum(1) / region_lens[:, None].to(regions.dtype)
+    return F.normalize(mean, dim=-1, eps=_EPS)
+
+
+def pooled_words(flat: FlatWords) -> torch.Tensor:
+    """FlatWords of B captions -> (B, d): l2-normalised mean of each caption's words."""
+    lens = flat.lengths
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+    sums = flat.vectors.new_zeros(len(lens), flat.vectors.shape[1]).index_add(
+        0, owner, flat.vectors
+    )
+    return F.normalize(sums / lens[:, None].to(sums.dtype), dim=-1, eps=_EPS)
+
+
+def global_scores(
+    regions: torch.Tensor, region_lens: torch.Tensor | None, flat: FlatWords
+) -> torch.Tensor:
+    """The VSE-style baseline: cosine of mean-pooled regions and mean-pooled words."""
+    return pooled_regions(regions, region_lens) @ pooled_words(flat).T
 
 
 def _ranges(n: int, step: int) -> Iterator[tuple[int, int]]:

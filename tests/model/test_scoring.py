@@ -226,3 +226,15 @@ def test_chunked_scores_with_autograd_equal_those_without():
     tracked = score_matrix(regions, rl, words, wl, Matching(), max_chunk_bytes=3000)
     assert tracked.requires_grad
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+
+
+def test_global_coding_is_the_cosine_of_mean_pooled_sides():
+    regions, region_lens, words, word_lens = random_batch(3, dim=16)
+    got = score_matrix(regions, region_lens, words, word_lens, Matching(coding="global"))
+    want = torch.empty(regions.shape[0], words.shape[0], dtype=torch.float64)
+    for i in range(regions.shape[0]):
+        image = regions[i, : region_lens[i]].double().mean(0)
+        for j in range(words.shape[0]):
+            caption = words[j, : word_lens[j]].double().mean(0)
+            want[i, j] = F.cosine_similarity(image, caption, dim=0)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
