@@ -39,6 +39,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embed-size", type=int, help="joint space size")
     parser.add_argument("--bert-dir", type=Path, help="local BERT directory (BERT models)")
     parser.add_argument("--vocab", type=Path, help="existing vocab json (default: build one)")
+    parser.add_argument(
+        "--vocab-threshold",
+        type=int,
+        default=d.vocab_threshold,
+        help="min count of a train-caption word to enter a built vocab",
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
     parser.add_argument("--lr", type=float, default=d.lr)
@@ -61,6 +67,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps")
+    parser.add_argument(
+        "--time-budget-min", type=float, help="stop, validate and save after this many minutes"
+    )
     parser.add_argument("--resume", action="store_true", help="continue RUN from its last epoch")
     parser.set_defaults(func=_run_train)
 
@@ -105,6 +114,7 @@ def train_config_from_args(args: argparse.Namespace):
         amp=not args.no_amp,
         max_steps=args.max_steps,
         resume=args.resume,
+        time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
     )
 
 

@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast when on CUDA (ignored on CPU)
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)
+    time_budget_s: float | None = None  # stop (validate, save) once training took this long
     resume: bool = False  # continue from out/train_state.pt
     progress: bool | None = None  # tqdm bars: None = when attached to a terminal
 
@@ -140,17 +141,18 @@ def build_text_side(config: TrainConfig, model_config: ModelConfig, captions: li
     return TextSide(VocabTokenizer(vocab), vocab, vocab(MASK), len(vocab))
 
 
-def build_model(
-    config: TrainConfig, model_config: ModelConfig, text: TextSide, img_dim: int
-) -> CHANModel:
-    if model_config.text_encoder == "bigru":
-        model_config = model_config.replace(vocab_size=text.vocab_size)
+def check_img_dim(config: TrainConfig, model_config: ModelConfig, img_dim: int) -> None:
     if img_dim != model_config.img_dim:
         raise ValueError(
             f"{config.data}/{config.train_split}_ims.npy has {img_dim}-dim regions, model "
             f"{config.model!r} expects {model_config.img_dim}; pass --img-dim {img_dim} or "
             "extract with the matching extractor"
         )
+
+
+def build_model(model_config: ModelConfig, text: TextSide) -> CHANModel:
+    if model_config.text_encoder == "bigru":
+        model_config = model_config.replace(vocab_size=text.vocab_size)
     return CHANModel(model_config)
 
 
@@ -356,9 +358,10 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
     model_config = get_config(config.model).replace(**config.model_overrides)
     data_dir = Path(config.data)
     train_split = load_split(data_dir, config.train_split, None)
-    val_split = load_split(data_dir, config.val_split, train_split.regions.shape[2])
+    check_img_dim(config, model_config, train_split.regions.shape[2])
+    val_split = load_split(data_dir, config.val_split, model_config.img_dim)
     text = build_text_side(config, model_config, train_split.captions)
-    model = build_model(config, model_config, text, train_split.regions.shape[2]).to(device)
+    model = build_model(model_config, text).to(device)
     optimizer = build_optimizer(model, config)
     if ranks.main:
         _prepare_out(out, config)
@@ -373,7 +376,8 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
     amp = config.amp and device.type == "cuda"
     best_metrics: dict[str, Any] = {}
     first_epoch = epoch
-    while epoch < config.epochs and not _done(config, step):
+    out_of_time = False
+    while epoch < config.epochs and not _done(config, step) and not out_of_time:
         lr = set_lr(optimizer, config, epoch)
         hardest = epoch >= config.warmup_epochs
         model.train()
@@ -390,7 +394,8 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
             )
             step += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if _done(config, step):
+            out_of_time = _out_of_time(config, started, ranks)
+            if _done(config, step) or out_of_time:
                 break
         epoch += 1
         record = {
@@ -430,6 +435,16 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
     return TrainResult(
         best, best_metrics, epoch - first_epoch, step, time.perf_counter() - started, out
     )
+
+
+def _out_of_time(config: TrainConfig, started: float, ranks: Distributed) -> bool:
+    """Whether the time budget is spent; rank 0's clock decides for every rank."""
+    if config.time_budget_s is None:
+        return False
+    spent = torch.tensor([float(time.perf_counter() - started > config.time_budget_s)])
+    if ranks.world > 1:
+        dist.broadcast(spent, src=0)
+    return bool(spent.item())
 
 
 def _done(config: TrainConfig, step: int) -> bool:
