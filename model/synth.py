@@ -17,6 +17,9 @@ worlds too small to allow it).
 Determinism: image i depends only on (seed, i), never on the number of images, so a
 world of 40 images starts with the world of 20. Splits are contiguous: train, dev, test.
 
+Scenes are sampled in `model.synth_scene` and captioned in `model.synth_captions`; this
+module renders them, splits them and writes the world.
+
 Layout written by `generate_world` (built in a temporary sibling, renamed into place):
     images/img000123.png, captions.jsonl, scenes.jsonl, world.json,
     {train,dev,test}_{images,ids,caps}.txt (5 captions per image: the "precomp" layout).
@@ -24,18 +27,14 @@ Layout written by `generate_world` (built in a temporary sibling, renamed into p
 
 from __future__ import annotations
 
-import colorsys
-import itertools
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,101 +45,27 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from model.synth_captions import SHAPE_WORDS, SIZE_WORDS, caption_scene, plural
+from model.synth_scene import (
+    COLOURS,
+    FORMAT,
+    PALETTE,
+    SHAPES,
+    SIZES,
+    VERSION,
+    Scene,
+    SceneObject,
+    image_id,
+    sample_scene,
+)
+
 logger = logging.getLogger(__name__)
 
-FORMAT, VERSION = "chan-synth", 1
 SPLITS = ("train", "dev", "test")
 CAPTIONS_PER_IMAGE = 5
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
-# Saturated hues a person names at once, plus brown and black; no grey or white, which
-# would melt into the background. Pairwise RGB distances are all above 85.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (250, 125, 15),
-    "yellow": (245, 210, 20),
-    "green": (40, 165, 65),
-    "blue": (40, 80, 220),
-    "purple": (135, 50, 185),
-    "pink": (245, 95, 190),
-    "brown": (135, 80, 35),
-    "black": (25, 25, 25),
-}
-COLOURS = tuple(PALETTE)
-SIZES = ("small", "medium", "large")
-# Each synonym names exactly one shape, so a caption never leaves its shape open.
-SHAPE_WORDS: dict[str, tuple[str, ...]] = {
-    "circle": ("circle", "disc"),
-    "square": ("square", "box"),
-    "triangle": ("triangle",),
-    "star": ("star",),
-    "diamond": ("diamond",),
-    "cross": ("cross",),
-}
-SIZE_WORDS: dict[str, tuple[str, ...]] = {
-    "small": ("small", "little"),
-    "medium": (),
-    "large": ("large", "big"),
-}
-NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
-
-_SIDE_PX_AT_160 = {"small": 22, "medium": 34, "large": 48}
-_OBJECT_COUNT_WEIGHTS = (0.1, 0.3, 0.3, 0.2, 0.1)  # P(1..5 objects)
-_REPEAT_PROBABILITY = 0.12  # an object copies an earlier one's colour+shape: "two red discs"
-_TWIN_PROBABILITY = 0.55  # per odd index; some bases cannot be permuted, so ~20% overall
-_MAX_OVERLAP = 0.15  # of a box's area that other boxes may cover in total
-_PLACEMENT_TRIES = 60
-_MARGIN = 0.08  # of the image side: relations, orders and positions need this much room
-_PERIOD_PROBABILITY = 0.3
 _SHADE_MAX = 27  # grey levels: shading (8) + texture (5) + a speck (14), clipped to this
 _PNG_COMPRESS_LEVEL = 3  # measured: as small as level 6 at 2.6x the speed
 _MAX_IMAGES = 1_000_000  # ids have six digits
-
-
-@dataclass(frozen=True)
-class SceneObject:
-    """One drawn shape. `box` is its square frame [x0, y0, x1, y1) in pixels."""
-
-    shape: str
-    colour: str
-    size: str  # small | medium | large
-    box: tuple[int, int, int, int]
-    rgb: tuple[int, int, int]  # the fill actually drawn: the palette colour, brightness-jittered
-    angle: float = 0.0  # degrees of rotation (stars only)
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        return (x0 + x1) / 2, (y0 + y1) / 2
-
-    @property
-    def side(self) -> int:
-        return self.box[2] - self.box[0]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "shape": self.shape,
-            "colour": self.colour,
-            "size": self.size,
-            "box": list(self.box),
-            "centre": list(self.centre),
-            "rgb": list(self.rgb),
-            "angle": self.angle,
-        }
-
-
-@dataclass(frozen=True)
-class Scene:
-    """What one image shows; the pixels add only texture drawn from (seed, index)."""
-
-    index: int
-    image_size: int
-    objects: tuple[SceneObject, ...]
-    background: tuple[int, int, int]  # base RGB before shading and texture
-    twin_of: int | None = None  # index of the scene this one permutes the colours of
-
-    @property
-    def image_id(self) -> str:
-        return image_id(self.index)
 
 
 @dataclass(frozen=True)
@@ -154,10 +79,6 @@ class WorldSummary:
     counts: dict[str, int] = field(default_factory=dict)  # images per split
     num_twins: int = 0
     reused: bool = False
-
-
-def image_id(index: int) -> str:
-    return f"img{index:06d}"
 
 
 # ---------------------------------------------------------------------------- splits
@@ -203,119 +124,6 @@ def _check_fractions(splits: Sequence[float]) -> tuple[float, ...]:
 def split_of_indices(counts: dict[str, int]) -> list[str]:
     """The split name of every image index: contiguous blocks train, dev, test."""
     return [name for name in SPLITS for _ in range(counts[name])]
-
-
-# ---------------------------------------------------------------------------- scenes
-
-
-def _rng(seed: int, index: int, stream: str) -> random.Random:
-    """An independent generator per (seed, image, purpose): image i never depends on N."""
-    return random.Random(f"{FORMAT}/{seed}/{index}/{stream}")
-
-
-def sample_scene(seed: int, index: int, image_size: int = 160) -> Scene:
-    """The scene of image `index`: a fresh one, or a binding twin of scene index - 1."""
-    rng = _rng(seed, index, "scene")
-    if index % 2 == 1 and rng.random() < _TWIN_PROBABILITY:
-        base = _sample_fresh_scene(_rng(seed, index - 1, "scene"), index - 1, image_size)
-        twin = _make_twin(base, index, rng)
-        if twin is not None:
-            return twin
-    return _sample_fresh_scene(rng, index, image_size)
-
-
-def _sample_fresh_scene(rng: random.Random, index: int, image_size: int) -> Scene:
-    count = rng.choices(range(1, 6), weights=_OBJECT_COUNT_WEIGHTS)[0]
-    specs: list[tuple[str, str, str]] = []
-    for _ in range(count):
-        if specs and rng.random() < _REPEAT_PROBABILITY:
-            shape, colour, _size = rng.choice(specs)
-        else:
-            shape, colour = rng.choice(SHAPES), rng.choice(COLOURS)
-        specs.append((shape, colour, rng.choice(SIZES)))
-    objects = _place_objects(specs, rng, image_size)
-    return Scene(index, image_size, objects, _sample_background(rng))
-
-
-def _sample_background(rng: random.Random) -> tuple[int, int, int]:
-    # Value 212-235 and saturation <= 0.10 leave room for shading (+-8) and texture
-    # (+-5 and specks +-14) while staying above value 0.7 and below saturation 0.15.
-    hue, saturation, value = rng.random(), rng.uniform(0.02, 0.10), rng.uniform(212, 235)
-    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
-    return round(red), round(green), round(blue)
-
-
-def _make_twin(base: Scene, index: int, rng: random.Random) -> Scene | None:
-    """Permute the colours of `base` among its objects so that some pairing changes."""
-    shapes = [(obj.shape, obj.size) for obj in base.objects]
-    colours = [obj.colour for obj in base.objects]
-    pairs = Counter((obj.colour, obj.shape) for obj in base.objects)
-    for _ in range(20):
-        rng.shuffle(colours)
-        if Counter((c, s) for c, (s, _) in zip(colours, shapes, strict=True)) != pairs:
-            break
-    else:
-        return None  # one object, one colour or one shape: nothing to permute
-    specs = [(shape, colour, size) for colour, (shape, size) in zip(colours, shapes, strict=True)]
-    objects = _place_objects(specs, rng, base.image_size)
-    if len(objects) != len(specs):
-        return None  # a dropped object would break the twin's multisets
-    return Scene(index, base.image_size, objects, _sample_background(rng), twin_of=base.index)
-
-
-def _place_objects(
-    specs: Sequence[tuple[str, str, str]], rng: random.Random, image_size: int
-) -> tuple[SceneObject, ...]:
-    """Boxes that overlap little; an object with no room is dropped, never drawn."""
-    boxes: list[tuple[int, int, int, int]] = []
-    covered: list[int] = []  # area of each placed box that other boxes cover
-    objects: list[SceneObject] = []
-    for shape, colour, size in specs:
-        side = round(_SIDE_PX_AT_160[size] * image_size / 160 * rng.uniform(0.93, 1.07))
-        box = _find_free_box(side, boxes, covered, rng, image_size)
-        if box is None:
-            continue
-        angle = round(rng.uniform(0, 72), 1) if shape == "star" else 0.0
-        brightness = rng.uniform(0.92, 1.04)
-        red, green, blue = (min(255, round(c * brightness)) for c in PALETTE[colour])
-        objects.append(SceneObject(shape, colour, size, box, (red, green, blue), angle))
-    return tuple(objects)
-
-
-def _find_free_box(
-    side: int,
-    boxes: list[tuple[int, int, int, int]],
-    covered: list[int],
-    rng: random.Random,
-    image_size: int,
-) -> tuple[int, int, int, int] | None:
-    margin = max(1, image_size // 64)
-    limit = _MAX_OVERLAP * side * side
-    for _ in range(_PLACEMENT_TRIES):
-        x0, y0 = (rng.randint(margin, image_size - margin - side) for _ in range(2))
-        box = (x0, y0, x0 + side, y0 + side)
-        shared = [_intersection(box, other) for other in boxes]
-        if sum(shared) > limit:
-            continue
-        # the limit is on the smaller box too: a small shape must stay mostly visible
-        room = zip(covered, shared, boxes, strict=True)
-        if any(c + s > _MAX_OVERLAP * _area(b) for c, s, b in room):
-            continue
-        covered[:] = [c + s for c, s in zip(covered, shared, strict=True)]
-        boxes.append(box)
-        covered.append(sum(shared))
-        return box
-    return None
-
-
-def _area(box: tuple[int, int, int, int]) -> int:
-    return (box[2] - box[0]) * (box[3] - box[1])
-
-
-def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    return max(0, width) * max(0, height)
 
 
 # ------------------------------------------------------------------------- rendering
@@ -388,236 +196,6 @@ def _polygon(obj: SceneObject) -> list[tuple[float, float]]:
         turn = math.radians(obj.angle) - math.pi / 2 + k * math.pi / 5
         points.append((cx + radius * math.cos(turn), cy + radius * math.sin(turn)))
     return points
-
-
-# -------------------------------------------------------------------------- captions
-
-Group = tuple[SceneObject, ...]  # the objects of a scene that share colour and shape
-
-_LIST_OPENINGS = ("", "", "there is ", "an image of ", "a picture of ", "a photo showing ")
-_ENDINGS = ("", "", " on a light background", " on a plain background")
-_RELATION_WORDS = {
-    "left": ("left of", "to the left of"),
-    "right": ("right of", "to the right of"),
-    "above": ("above",),
-    "below": ("below", "under"),
-    "near": ("next to",),
-}
-# (row, column) thirds of the image -> phrases; None is a coordinate too near a border
-_POSITIONS: dict[tuple[int | None, int | None], tuple[str, ...]] = {
-    (0, 0): ("in the top left corner",),
-    (0, 2): ("in the top right corner",),
-    (2, 0): ("in the bottom left corner",),
-    (2, 2): ("in the bottom right corner",),
-    (0, 1): ("at the top",),
-    (0, None): ("at the top",),
-    (2, 1): ("at the bottom",),
-    (2, None): ("at the bottom",),
-    (1, 0): ("on the left",),
-    (None, 0): ("on the left",),
-    (1, 2): ("on the right",),
-    (None, 2): ("on the right",),
-    (1, 1): ("in the centre", "in the middle"),
-}
-
-
-def caption_scene(scene: Scene, seed: int) -> list[str]:
-    """Five distinct captions of `scene`; at least four name every object."""
-    rng = _rng(seed, scene.index, "captions")
-    groups = _groups(scene.objects)
-    captions: list[str] = []
-    for kind in _caption_plan(len(scene.objects), rng):
-        captions.append(_distinct_caption(kind, scene, groups, rng, captions))
-    return captions
-
-
-def _groups(objects: Sequence[SceneObject]) -> list[Group]:
-    by_pair: dict[tuple[str, str], list[SceneObject]] = {}
-    for obj in objects:
-        by_pair.setdefault((obj.colour, obj.shape), []).append(obj)
-    return [tuple(group) for group in by_pair.values()]
-
-
-def _caption_plan(num_objects: int, rng: random.Random) -> list[str]:
-    """Caption kinds for one image. Only "partial" leaves objects out, and at most once."""
-    if num_objects == 1:
-        plan = ["list", "list", "list", "position", "position"]
-    else:
-        last = rng.choice(("partial", "relation", "order"))
-        plan = ["list", "relation", "count", rng.choice(("order", "list")), last]
-    rng.shuffle(plan)
-    return plan
-
-
-def _distinct_caption(
-    kind: str, scene: Scene, groups: list[Group], rng: random.Random, taken: list[str]
-) -> str:
-    seen = {text.rstrip(".") for text in taken}
-    for _ in range(20):
-        text = _compose(kind, scene, groups, rng)
-        if text.rstrip(".") not in seen:
-            break
-    return text  # after 20 tries a repeat is kept: harmless, and only plain scenes get there
-
-
-class _Wording:
-    """One caption's word choices: a synonym per shape, and whether to say sizes."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.nouns = {shape: rng.choice(words) for shape, words in SHAPE_WORDS.items()}
-        self.sizes = rng.random() < 0.4
-
-    def phrase(self, group: Group) -> str:
-        """'a small red disc' for one object, 'two red discs' for several."""
-        obj = group[0]
-        noun = self.nouns[obj.shape]
-        if len(group) > 1:
-            return f"{NUMBER_WORDS[len(group)]} {obj.colour} {_plural(noun)}"
-        size_words = SIZE_WORDS[obj.size] if self.sizes else ()
-        words = [self.rng.choice(size_words)] if size_words else []
-        words += [obj.colour, noun]
-        return f"{_article(words[0])} {' '.join(words)}"
-
-    def phrases(self, groups: Sequence[Group]) -> list[str]:
-        return [self.phrase(group) for group in groups]
-
-
-def _compose(kind: str, scene: Scene, groups: list[Group], rng: random.Random) -> str:
-    words = _Wording(rng)
-    text = _BUILDERS[kind](scene, groups, words, rng) or _list_caption(scene, groups, words, rng)
-    return text + "." if rng.random() < _PERIOD_PROBABILITY else text
-
-
-def _list_caption(scene: Scene, groups: list[Group], words: _Wording, rng: random.Random) -> str:
-    order = rng.sample(groups, len(groups))
-    opening = rng.choice(_LIST_OPENINGS)
-    if opening == "there is " and len(order[0]) > 1:
-        opening = "there are "
-    return f"{opening}{_join(words.phrases(order))}{rng.choice(_ENDINGS)}"
-
-
-def _count_caption(
-    scene: Scene, groups: list[Group], words: _Wording, rng: random.Random
-) -> str | None:
-    if len(scene.objects) < 2:
-        return None
-    total = f"{NUMBER_WORDS[len(scene.objects)]} {rng.choice(('shapes', 'objects'))}"
-    listed = _join(words.phrases(rng.sample(groups, len(groups))))
-    return rng.choice((f"{total}: {listed}", f"{listed}, {total} in total"))
-
-
-def _relation_caption(
-    scene: Scene, groups: list[Group], words: _Wording, rng: random.Random
-) -> str | None:
-    """'a red disc left of a blue box', plus the other objects listed in front of it."""
-    singles = [group[0] for group in groups if len(group) == 1]  # a repeat has no single place
-    options = [
-        (a, b, relation)
-        for a in singles
-        for b in singles
-        if a is not b
-        for relation in _relations(a, b, scene.image_size)
-    ]
-    if not options:
-        return None
-    a, b, relation = rng.choice(options)
-    core = f"{words.phrase((a,))} {relation} {words.phrase((b,))}"
-    rest = [group for group in groups if group[0] is not a and group[0] is not b]
-    return _join([*words.phrases(rng.sample(rest, len(rest))), core])
-
-
-def _relations(a: SceneObject, b: SceneObject, image_size: int) -> list[str]:
-    """Relation phrases true of `a` with respect to `b`, where the geometry leaves no doubt."""
-    margin = _MARGIN * image_size
-    dx, dy = b.centre[0] - a.centre[0], b.centre[1] - a.centre[1]
-    found: list[str] = []
-    if abs(dx) > margin and abs(dx) > 1.5 * abs(dy):
-        found += _RELATION_WORDS["left" if dx > 0 else "right"]
-        if abs(dx) - (a.side + b.side) / 2 < margin:
-            found += _RELATION_WORDS["near"]
-    if abs(dy) > margin and abs(dy) > 1.5 * abs(dx):
-        found += _RELATION_WORDS["above" if dy > 0 else "below"]
-    return found
-
-
-def _order_caption(
-    scene: Scene, groups: list[Group], words: _Wording, rng: random.Random
-) -> str | None:
-    """'from left to right: ...' where every object has its own clear place on the axis."""
-    if len(scene.objects) < 2 or len(groups) < len(scene.objects):
-        return None
-    axes = [axis for axis in (0, 1) if _well_separated(scene, axis)]
-    if not axes:
-        return None
-    axis = rng.choice(axes)
-    ordered = sorted(scene.objects, key=lambda obj: obj.centre[axis])
-    lead = ("from left to right", "from top to bottom")[axis]
-    listed = _join([words.phrase((obj,)) for obj in ordered])
-    return rng.choice((f"{lead}: {listed}", f"{listed}, {lead}"))
-
-
-def _well_separated(scene: Scene, axis: int) -> bool:
-    values = sorted(obj.centre[axis] for obj in scene.objects)
-    return all(b - a > _MARGIN * scene.image_size for a, b in itertools.pairwise(values))
-
-
-def _partial_caption(
-    scene: Scene, groups: list[Group], words: _Wording, rng: random.Random
-) -> str | None:
-    """Some of the objects and a true count of the rest (or of all)."""
-    if len(groups) < 2 or len(scene.objects) < 3:
-        return None
-    kept = rng.sample(groups, rng.randint(1, len(groups) - 1))
-    others = len(scene.objects) - sum(len(group) for group in kept)
-    rest = f"{NUMBER_WORDS[others]} other {'shape' if others == 1 else 'shapes'}"
-    if rng.random() < 0.5:
-        return _join([*words.phrases(kept), rest])
-    return f"{NUMBER_WORDS[len(scene.objects)]} shapes including {_join(words.phrases(kept))}"
-
-
-def _position_caption(
-    scene: Scene, groups: list[Group], words: _Wording, rng: random.Random
-) -> str | None:
-    if len(scene.objects) != 1:
-        return None
-    x, y = scene.objects[0].centre
-    where = _POSITIONS.get((_third(y, scene.image_size), _third(x, scene.image_size)))
-    if where is None:
-        return None
-    opening = rng.choice(("", "", "there is ", "an image of "))
-    return f"{opening}{words.phrase(groups[0])} {rng.choice(where)}"
-
-
-def _third(value: float, image_size: int) -> int | None:
-    """0, 1 or 2: the third of the image `value` lies in; None when near a border of two."""
-    third = image_size / 3
-    if min(abs(value - third), abs(value - 2 * third)) < _MARGIN / 2 * image_size:
-        return None
-    return min(2, int(value // third))
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _plural(noun: str) -> str:
-    return noun + "es" if noun.endswith(("s", "x")) else noun + "s"
-
-
-def _join(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-_Builder = Callable[[Scene, list[Group], _Wording, random.Random], "str | None"]
-_BUILDERS: dict[str, _Builder] = {
-    "list": _list_caption,
-    "count": _count_caption,
-    "relation": _relation_caption,
-    "order": _order_caption,
-    "partial": _partial_caption,
-    "position": _position_caption,
-}
 
 
 # ----------------------------------------------------------------------------- world
@@ -820,7 +398,7 @@ def _world_vocabulary() -> dict[str, Any]:
         "sizes": list(SIZES),
         "palette": {name: list(rgb) for name, rgb in PALETTE.items()},
         "shape_words": {
-            shape: [*words, *(_plural(word) for word in words)]
+            shape: [*words, *(plural(word) for word in words)]
             for shape, words in SHAPE_WORDS.items()
         },
         "size_words": {size: list(words) for size, words in SIZE_WORDS.items() if words},
