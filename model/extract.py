@@ -165,7 +165,7 @@ def _open_work(
         ("counts", (n,), np.int32),
         ("boxes", (n, k, 4), np.float32),
     ):
-        np.lib.format.open_memmap(layout.work(kind), mode="w+", dtype=kind_dtype, shape=shape)
+        preallocate_npy(layout.work(kind), shape, kind_dtype)
     state = {"signature": signature, "done": 0, "failed": []}
     _save_state(layout, state)
     return state
@@ -185,7 +185,7 @@ def _run_batches(
     progress: bool | None,
 ) -> None:
     """Decode batch i+1 on worker threads while the extractor runs on batch i."""
-    writers = {kind: _RowWriter(layout.work(kind)) for kind in ("ims", "counts", "boxes")}
+    writers = {kind: RowWriter(layout.work(kind)) for kind in ("ims", "counts", "boxes")}
     starts = list(range(state["done"], len(entries), batch_size))
     bar = tqdm(
         total=len(entries),
@@ -315,7 +315,13 @@ def _check_output(batch: RegionBatch, n: int, k: int, d: int) -> None:
         raise RuntimeError(f"extractor returned region counts outside [1, {k}]")
 
 
-class _RowWriter:
+def preallocate_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+    """A .npy file of `shape` whose rows RowWriter fills (sparse until written)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    del array
+
+
+class RowWriter:
     """Positioned writes of whole rows into a preallocated .npy file (no mapping, so
     written pages do not accumulate in this process)."""
 
@@ -335,6 +341,12 @@ class _RowWriter:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _finish(

@@ -369,8 +369,41 @@ def score_image_query(
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One image's valid regions (K, d) against stored captions -> (n_captions,) scores."""
-    scores = score_matrix(
-        regions[None], None, words, None, matching, max_chunk_bytes, compute_dtype
-    )
-    return scores[0]
+    """One image's valid regions (K, d) against stored captions -> (n_captions,) scores.
+
+    Hard coding takes a tall product, (all words) x (regions), whose rows are the flat
+    words: a handful of regions would make the other orientation a thin, slow product.
+    Each word keeps its best region, then every caption pools its own words."""
+    matching = matching or Matching()
+    if matching.coding != "hard":
+        scores = score_matrix(
+            regions[None], None, words, None, matching, max_chunk_bytes, compute_dtype
+        )
+        return scores[0]
+    n_words = words.vectors.shape[0]
+    rows_per_chunk = max(1, max_chunk_bytes // (4 * max(1, regions.shape[0])))
+    best = torch.empty(n_words, dtype=torch.promote_types(regions.dtype, torch.float32))
+    right = regions if compute_dtype is None else regions.to(compute_dtype)
+    for start in range(0, n_words, rows_per_chunk):
+        left = words.vectors[start : start + rows_per_chunk]
+        if compute_dtype is not None:
+            left = left.to(compute_dtype)
+        best[start : start + rows_per_chunk] = (left @ right.T).amax(dim=1)
+    return pool_flat(best, words.offsets, matching)
+
+
+def pool_flat(values: torch.Tensor, offsets: torch.Tensor, matching: Matching) -> torch.Tensor:
+    """Per-word values (W,) of captions bounded by offsets -> (n_captions,) pooled."""
+    lens = offsets[1:] - offsets[:-1]
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=values.device), lens)
+    if matching.pooling in ("max", "lse"):
+        scale = 1.0 if matching.pooling == "max" else 1.0 / matching.pooling_temperature
+        top = torch.full((len(lens),), float("-inf"), dtype=values.dtype, device=values.device)
+        top = top.scatter_reduce(0, owner, values * scale, reduce="amax")
+        if matching.pooling == "max":
+            return top
+        sums = torch.zeros_like(top).index_add(0, owner, torch.exp(values * scale - top[owner]))
+        return torch.log(sums) + top  # logsumexp, stabilised by each caption's max
+    sums = torch.zeros(len(lens), dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, owner, values)
+    return sums / lens.to(values.dtype) if matching.pooling == "mean" else sums

@@ -133,6 +133,10 @@ class VocabTokenizer:
     def ids(self, caption: str) -> list[int]:
         return [self.vocab(START), *(self.vocab(t) for t in tokenize(caption)), self.vocab(END)]
 
+    def tokens(self, caption: str) -> list[str]:
+        """The token strings behind ids(caption), one per word embedding."""
+        return [START, *tokenize(caption), END]
+
     def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_ids([self.ids(c) for c in captions])
 
@@ -152,6 +156,10 @@ class BertTokenizer:
             logger.warning("caption of %d tokens cut to %d", len(ids), self.max_length)
             ids = [*ids[: self.max_length - 1], ids[-1]]
         return ids
+
+    def tokens(self, caption: str) -> list[str]:
+        """The word pieces behind ids(caption), one per word embedding."""
+        return self.tokenizer.convert_ids_to_tokens(self.ids(caption))
 
     def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pad = self.tokenizer.pad_token_id or 0

@@ -1,0 +1,1 @@
+"""Gallery -> index directory: the builder and the reader that own the on-disk format."""

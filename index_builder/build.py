@@ -1,0 +1,338 @@
+"""`chan index build`: encode a gallery with a checkpoint and write an index directory.
+
+The gallery comes as region features (`chan extract` output) or as raw images, which are
+extracted here with the checkpoint's own extractor spec (resumable, like `chan extract`).
+Captions come as JSONL: {"id" (or "caption_id"), "text", "image_id"?, "metadata"?}."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from index_builder import recall
+from index_builder.metadata import CaptionRecord, ImageRecord
+from index_builder.reader import GalleryIndex
+from index_builder.shortlist import SearchParams, VectorSearcher
+from index_builder.writer import DEFAULT_MEMORY_BUDGET, IndexWriter, WriterSpec
+from model.checkpoint import LoadedCheckpoint, checkpoint_hash, load_checkpoint
+from model.inference import read_regions
+from model.scoring import FlatWords
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build; every field lands in the manifest's `build` section."""
+
+    storage: str = "float16"  # float16 | int8
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    factories: dict[str, str] = field(default_factory=dict)  # FAISS overrides by index name
+    pooled: bool = True
+    batch_size: int = 128
+    recall_queries: int = 100  # sample queries per direction for the measured recall
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class Gallery:
+    """Image rows to index: features (memory-mapped) and what describes them."""
+
+    features: np.ndarray  # (N, K, D)
+    counts: np.ndarray  # (N,)
+    boxes: np.ndarray | None  # (N, K, 4)
+    ids: list[str]
+    uris: list[str | None]
+    extractor: dict[str, Any] | None
+    rows: np.ndarray  # rows of `features` kept (failed extractions left out)
+
+
+def build_index(
+    checkpoint: Path,
+    out: Path,
+    captions: Path,
+    features: Path | None = None,
+    split: str = "gallery",
+    images: Path | None = None,
+    caption_split: str | None = None,
+    image_metadata: Path | None = None,
+    options: BuildOptions | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Build the index at `out` (see the module docstring); returns out."""
+    options = options or BuildOptions()
+    if out.exists() and not options.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    loaded = load_checkpoint(checkpoint)
+    gallery = open_gallery(loaded, features, split, images, out, options, progress)
+    image_records = _image_records(gallery, image_metadata)
+    caption_records = read_captions_jsonl(captions, set(gallery.ids), caption_split)
+    texts = [c.text for c in caption_records]
+    lengths = np.array([len(loaded.tokenizer.ids(t)) for t in texts], dtype=np.int64)
+    spec = WriterSpec(
+        num_regions=gallery.features.shape[1],
+        dim=loaded.config.embed_size,
+        matching=_matching(loaded),
+        checkpoint={
+            "sha256": checkpoint_hash(checkpoint),
+            "path": str(checkpoint),
+            "config": loaded.config.to_dict(),
+        },
+        extractor=gallery.extractor,
+        storage=options.storage,
+        memory_budget_bytes=options.memory_budget_bytes,
+        factories=dict(options.factories),
+        pooled=options.pooled,
+        build={
+            "batch_size": options.batch_size,
+            "recall_queries": options.recall_queries,
+            "seed": options.seed,
+            "features": str(features) if features else None,
+            "images": str(images) if images else None,
+            "captions": str(captions),
+        },
+    )
+    writer = IndexWriter(out, spec, gallery.counts[gallery.rows], lengths, options.overwrite)
+    _encode_images(loaded, gallery, writer, options.batch_size, progress)
+    _encode_captions(loaded, texts, writer, options.batch_size, progress)
+
+    def measure(work: Path) -> dict[str, Any]:
+        return measure_recall(work, loaded, texts, options.recall_queries, options.seed)
+
+    result = writer.finish(image_records, caption_records, measure, progress)
+    shutil.rmtree(_extract_dir(out), ignore_errors=True)
+    return result
+
+
+def _matching(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    m = loaded.model.matching
+    return {
+        "coding": m.coding,
+        "pooling": m.pooling,
+        "pooling_temperature": m.pooling_temperature,
+        "soft_temperature": m.soft_temperature,
+    }
+
+
+# ---------------------------------------------------------------------- gallery input
+
+
+def open_gallery(
+    loaded: LoadedCheckpoint,
+    features: Path | None,
+    split: str,
+    images: Path | None,
+    out: Path,
+    options: BuildOptions,
+    progress: bool | None,
+) -> Gallery:
+    if features is None and images is None:
+        raise ValueError("give the gallery as --features DIR (chan extract output) or --images")
+    entries = None
+    if images is not None:
+        from model.images import list_images
+
+        entries = list_images(images)
+    if features is None:
+        features = _extract(loaded, entries, out, split, options, progress)
+    gallery = _read_features(features, split, loaded)
+    if entries is not None:
+        by_id = {e.image_id: str(e.path) for e in entries}
+        missing = [i for i in gallery.ids if i not in by_id]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} feature ids have no image in {images} (first: {missing[0]!r})"
+            )
+        gallery.uris = [by_id[i] for i in gallery.ids]
+    return gallery
+
+
+def _extract_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".extract")
+
+
+def _extract(loaded, entries, out: Path, split: str, options: BuildOptions, progress) -> Path:
+    """Raw images -> features with the checkpoint's extractor (resumable)."""
+    from model.extract import extract_split
+    from model.extractors.base import load_extractor
+
+    if not loaded.extractor:
+        raise ValueError(
+            "the checkpoint records no extractor spec, so raw images cannot be encoded the "
+            "way it was trained; extract them yourself and pass --features"
+        )
+    work = _extract_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    extractor = load_extractor(loaded.extractor)
+    result = extract_split(entries, extractor, work, split, batch_size=32, progress=progress)
+    if result.failed:
+        logger.warning("%d gallery images could not be read and are left out", len(result.failed))
+    return work
+
+
+def _read_features(folder: Path, split: str, loaded: LoadedCheckpoint) -> Gallery:
+    counts_path = folder / f"{split}_counts.npy"
+    regions, counts = read_regions(
+        folder / f"{split}_ims.npy", counts_path if counts_path.exists() else None,
+        loaded.config.img_dim, allow_empty=True,
+    )  # fmt: skip
+    boxes_path = folder / f"{split}_boxes.npy"
+    boxes = np.load(boxes_path, mmap_mode="r") if boxes_path.exists() else None
+    ids_path = folder / f"{split}_ids.txt"
+    ids = (
+        ids_path.read_text().split() if ids_path.exists() else [str(i) for i in range(len(counts))]
+    )
+    if len(ids) != len(counts):
+        raise ValueError(f"{ids_path} lists {len(ids)} ids for {len(counts)} feature rows")
+    spec = _extract_spec(folder / f"{split}_extract.json")
+    _check_extractor(spec, loaded.extractor, folder / f"{split}_extract.json")
+    rows = np.flatnonzero(counts > 0)
+    if len(rows) < len(counts):
+        logger.warning("%d images failed extraction and are left out", len(counts) - len(rows))
+    if len(rows) == 0:
+        raise ValueError(f"{folder}/{split}_ims.npy has no usable image (all counts are 0)")
+    return Gallery(regions, counts, boxes, [ids[r] for r in rows], [None] * len(rows), spec, rows)
+
+
+def _extract_spec(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("extractor")
+
+
+def _check_extractor(features_spec, checkpoint_spec, where: Path) -> None:
+    """Features must come from the extractor the model was trained on."""
+    if not features_spec or not checkpoint_spec:
+        return
+    keys = ("name", "num_regions", "dim", "weights_sha256", "version")
+    differ = [k for k in keys if features_spec.get(k) != checkpoint_spec.get(k)]
+    if differ:
+        raise ValueError(
+            f"{where}: features were extracted differently from the checkpoint's training "
+            f"data ({', '.join(differ)} differ); re-extract with the checkpoint's extractor"
+        )
+
+
+def _image_records(gallery: Gallery, metadata_path: Path | None) -> list[ImageRecord]:
+    extra: dict[str, dict] = {}
+    if metadata_path is not None:
+        for number, line in enumerate(metadata_path.read_text().splitlines(), 1):
+            if line.strip():
+                item = _json_line(line, metadata_path, number)
+                image_id = str(item.pop("image_id", "")) or None
+                if image_id is None:
+                    raise ValueError(f"{metadata_path}:{number}: needs an image_id")
+                extra[image_id] = item.get("metadata", item)
+    return [
+        ImageRecord(image_id=i, uri=u, metadata=extra.get(i))
+        for i, u in zip(gallery.ids, gallery.uris, strict=True)
+    ]
+
+
+def read_captions_jsonl(
+    path: Path, image_ids: set[str], split: str | None = None
+) -> list[CaptionRecord]:
+    """Caption lines -> records, validated (one-line errors with the line number)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file {path} not found")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        item = _json_line(line, path, number)
+        if split is not None and item.get("split") != split:
+            continue
+        caption_id = item.get("id", item.get("caption_id"))
+        text = item.get("text")
+        if caption_id is None or not isinstance(text, str) or not text.strip():
+            raise ValueError(f'{path}:{number}: needs an "id" and a non-empty "text"')
+        image_id = item.get("image_id")
+        if image_id is not None and str(image_id) not in image_ids:
+            raise ValueError(
+                f"{path}:{number}: image_id {image_id!r} is not in the gallery; fix the link, "
+                "drop it, or pass --caption-split to index one split's captions"
+            )
+        records.append(CaptionRecord(str(caption_id), text.strip(),
+                                     None if image_id is None else str(image_id),
+                                     item.get("metadata")))  # fmt: skip
+    if not records:
+        raise ValueError(f"{path} holds no captions" + (f" of split {split!r}" if split else ""))
+    return records
+
+
+def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}:{number}: each line must be a JSON object")
+    return item
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+@torch.inference_mode()
+def _encode_images(loaded, gallery: Gallery, writer: IndexWriter, batch: int, progress) -> None:
+    total = len(gallery.rows)
+    bar = tqdm(total=total, initial=writer.images_done, desc="encode images", unit="img",
+               disable=progress is False)  # fmt: skip
+    with bar:
+        for start in range(writer.images_done, total, batch):
+            rows = gallery.rows[start : start + batch]
+            feats = torch.from_numpy(np.asarray(gallery.features[rows], dtype=np.float32))
+            counts = torch.from_numpy(gallery.counts[rows].astype(np.int64))
+            emb = loaded.model.encode_images(feats, counts).numpy()
+            boxes = (
+                np.asarray(gallery.boxes[rows], dtype=np.float32)
+                if gallery.boxes is not None
+                else np.tile(np.array([0, 0, 1, 1], np.float32), (len(rows), emb.shape[1], 1))
+            )
+            writer.write_images(start, emb, boxes)
+            bar.update(len(rows))
+
+
+@torch.inference_mode()
+def _encode_captions(loaded, texts: list[str], writer: IndexWriter, batch: int, progress) -> None:
+    bar = tqdm(total=len(texts), initial=writer.captions_done, desc="encode captions",
+               unit="cap", disable=progress is False)  # fmt: skip
+    with bar:
+        for start in range(writer.captions_done, len(texts), batch):
+            emb, lens = loaded.encode_captions(texts[start : start + batch])
+            writer.write_captions(start, FlatWords.from_padded(emb, lens).vectors.numpy())
+            bar.update(len(lens))
+
+
+# ---------------------------------------------------------------------- recall
+
+
+def measure_recall(
+    work: Path, loaded: LoadedCheckpoint, texts: list[str], queries: int, seed: int
+) -> dict[str, Any]:
+    """Recall@10 of shortlist + rerank against exact search on sample queries: caption
+    texts as text queries, stored gallery images as image queries."""
+    index = GalleryIndex(work, checksums=False)
+    try:
+        searcher = VectorSearcher(index, loaded, SearchParams())
+        rng = random.Random(seed)
+        sample = rng.sample(range(len(texts)), min(queries, len(texts)))
+        with torch.inference_mode():
+            words, lens = loaded.encode_captions([texts[i] for i in sample])
+        text_queries = [words[i, : int(lens[i])] for i in range(len(sample))]
+        image_rows = rng.sample(range(index.num_images), min(queries, index.num_images))
+        regions, counts = index.images(np.array(image_rows))
+        image_queries = [regions[i, : int(counts[i])] for i in range(len(image_rows))]
+        return recall.measure(searcher, text_queries, image_queries, k=10)
+    finally:
+        index.close()

@@ -1,0 +1,176 @@
+"""The index directory format, version 1: names, manifest, checksums, and opening with
+verification. Nothing else reads or writes these files directly.
+
+    INDEX/
+      manifest.json            what this is, who built it, counts, dims, dtypes, FAISS
+                               factories, build parameters, measured recall, checksums
+      metadata.sqlite          ids, URIs, caption text, image <-> caption links, tombstones
+      regions.faiss            region-level ANN index (text -> image shortlist)
+      words.faiss              word-level ANN index (image -> caption shortlist)
+      images_pooled.faiss      one mean vector per image (cheap shortlist, optional)
+      captions_pooled.faiss    one mean vector per caption (optional)
+      seg000/ seg001/ ...      segments: `chan index add` appends one, compact merges them
+        regions.npy            (n, K, d) float16, or int8 + region_scales.npy (n, K)
+        region_counts.npy      (n,) int32 valid regions
+        region_boxes.npy       (n, K, 4) float32 x0 y0 x1 y1 fractions
+        region_owner.npy       (v,) int64 global image row of each vector in regions.faiss
+        image_pooled.npy       (n, d) float16 normalised mean region vector per image
+        words.npy              (w, d) float16, or int8 + word_scales.npy (w,)
+        word_offsets.npy       (m + 1,) int64 caption boundaries inside words.npy
+        caption_pooled.npy     (m, d) float16 normalised mean word vector per caption
+        word_codes.npy         (w,) int32 IVF cell of each word vector (when words.faiss is IVF)
+
+FAISS ids are global positions: region vector i belongs to image region_owner[i]; word
+vector j to the caption whose global offsets bracket j.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "chan-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METADATA = "metadata.sqlite"
+REGION_INDEX, WORD_INDEX = "regions.faiss", "words.faiss"
+IMAGE_POOLED_INDEX, CAPTION_POOLED_INDEX = "images_pooled.faiss", "captions_pooled.faiss"
+STORAGE_DTYPES = ("float16", "int8")
+WORD_CODES = "word_codes.npy"  # per word vector its IVF cell in words.faiss (IVF only)
+
+
+class IndexFormatError(ValueError):
+    """An index directory that cannot be used as it is; the message says why and what
+    to do (rebuild, verify, point to the right checkpoint)."""
+
+
+def segment_name(number: int) -> str:
+    return f"seg{number:03d}"
+
+
+def segment_files(storage: str) -> list[str]:
+    """The array files of one segment for a storage dtype."""
+    files = ["regions.npy", "region_counts.npy", "region_boxes.npy", "region_owner.npy"]
+    files += ["image_pooled.npy", "words.npy", "word_offsets.npy", "caption_pooled.npy"]
+    if storage == "int8":
+        files += ["region_scales.npy", "word_scales.npy"]
+    return files
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{relative name: {bytes, sha256}} for the manifest."""
+    return {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+        for name in names
+    }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest, with its format and version checked."""
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"index {directory} does not exist; build it with `chan index build`"
+        )
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise IndexFormatError(
+            f"{directory} has no {MANIFEST}: not an index, or a build that never finished; "
+            "rebuild it"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index") from None
+    if manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{path} is not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{directory} is index format version {version}; this code reads version "
+            f"{FORMAT_VERSION}: rebuild the index with this version of `chan index build`"
+        )
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
+    """Every listed file exists with its size (and sha256 when checksums=True)."""
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise IndexFormatError(f"{path} is missing; the index is incomplete: rebuild it")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise IndexFormatError(
+                f"{path} has {size} bytes, the manifest says {entry['bytes']}: truncated or "
+                "replaced; rebuild the index"
+            )
+        if checksums and sha256_file(path) != entry["sha256"]:
+            raise IndexFormatError(
+                f"{path} fails its sha256 checksum: corrupted; rebuild the index"
+            )
+
+
+@dataclass
+class Segment:
+    """One segment's arrays, memory-mapped (nothing is read until used)."""
+
+    regions: np.ndarray  # (n, K, d) float16 or int8
+    region_scales: np.ndarray | None  # (n, K) float32 for int8
+    counts: np.ndarray  # (n,)
+    boxes: np.ndarray  # (n, K, 4)
+    owner: np.ndarray  # (v,) global image rows of this segment's region vectors
+    words: np.ndarray  # (w, d)
+    word_scales: np.ndarray | None  # (w,)
+    offsets: np.ndarray  # (m + 1,)
+    word_codes: np.ndarray | None  # (w,) IVF cells of the words, when the word index is IVF
+
+
+def open_segment(directory: Path, storage: str) -> Segment:
+    def load(name: str) -> np.ndarray:
+        return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+
+    int8 = storage == "int8"
+    return Segment(
+        regions=load("regions.npy"),
+        region_scales=load("region_scales.npy") if int8 else None,
+        counts=np.asarray(load("region_counts.npy")),
+        boxes=load("region_boxes.npy"),
+        owner=np.asarray(load("region_owner.npy")),
+        words=load("words.npy"),
+        word_scales=load("word_scales.npy") if int8 else None,
+        offsets=np.asarray(load("word_offsets.npy")),
+        word_codes=np.asarray(load(WORD_CODES)) if (directory / WORD_CODES).exists() else None,
+    )
+
+
+def check_checkpoint(manifest: dict[str, Any], checkpoint_digest: str, where: Path) -> None:
+    built_by = manifest["checkpoint"]["sha256"]
+    if built_by != checkpoint_digest:
+        raise IndexFormatError(
+            f"{where} was built by checkpoint {built_by[:12]}… "
+            f"({manifest['checkpoint'].get('path')}), not by the loaded one "
+            f"({checkpoint_digest[:12]}…): load that checkpoint or rebuild the index"
+        )
