@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     """The full `chan` parser; subcommand modules are imported here, their heavy
     dependencies only when a command runs."""
+    from index_builder import cli as index_cli
     from model import cli as model_cli
 
     parser = argparse.ArgumentParser(
@@ -21,9 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_cli.add_subcommands(subparsers)
+    index_cli.add_subcommands(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks that print side-by-side ratios")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     model_cli.add_bench_subcommands(bench_sub)
+    index_cli.add_bench_subcommands(bench_sub)
     return parser
 
 
@@ -37,7 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+    ) as exc:
         print(f"chan {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

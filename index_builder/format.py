@@ -6,7 +6,8 @@ verification. Nothing else reads or writes these files directly.
                                factories, build parameters, measured recall, checksums
       metadata.sqlite          ids, URIs, caption text, image <-> caption links, tombstones
       regions.faiss            region-level ANN index (text -> image shortlist)
-      words.faiss              word-level ANN index (image -> caption shortlist)
+      words.faiss              word cells: k-means centroids of the word vectors (image ->
+                               caption shortlist); absent for small caption sets
       images_pooled.faiss      one mean vector per image (cheap shortlist, optional)
       captions_pooled.faiss    one mean vector per caption (optional)
       seg000/ seg001/ ...      segments: `chan index add` appends one, compact merges them
@@ -18,10 +19,10 @@ verification. Nothing else reads or writes these files directly.
         words.npy              (w, d) float16, or int8 + word_scales.npy (w,)
         word_offsets.npy       (m + 1,) int64 caption boundaries inside words.npy
         caption_pooled.npy     (m, d) float16 normalised mean word vector per caption
-        word_codes.npy         (w,) int32 IVF cell of each word vector (when words.faiss is IVF)
+        word_codes.npy         (w,) int32 cell of each word vector (with words.faiss)
 
 FAISS ids are global positions: region vector i belongs to image region_owner[i]; word
-vector j to the caption whose global offsets bracket j.
+vector j belongs to the caption whose global offsets bracket j.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ METADATA = "metadata.sqlite"
 REGION_INDEX, WORD_INDEX = "regions.faiss", "words.faiss"
 IMAGE_POOLED_INDEX, CAPTION_POOLED_INDEX = "images_pooled.faiss", "captions_pooled.faiss"
 STORAGE_DTYPES = ("float16", "int8")
-WORD_CODES = "word_codes.npy"  # per word vector its IVF cell in words.faiss (IVF only)
+WORD_CODES = "word_codes.npy"  # per word vector its cell in words.faiss
 
 
 class IndexFormatError(ValueError):

@@ -63,14 +63,13 @@ class GalleryIndex:
         return indexes
 
     def _word_cells(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """IVF cell of every word and the cell centroids, when the word index is IVF."""
+        """Cell of every word and the cell centroids (words.faiss), when the index has them."""
         if any(s.word_codes is None for s in self.segments) or fmt.WORD_INDEX not in self.faiss:
             return None, None
-        import faiss
-
-        ivf = faiss.extract_index_ivf(self.faiss[fmt.WORD_INDEX])
-        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        return np.concatenate([s.word_codes for s in self.segments]), centroids
+        cells = self.faiss[fmt.WORD_INDEX]
+        return np.concatenate([s.word_codes for s in self.segments]), cells.reconstruct_n(
+            0, cells.ntotal
+        )
 
     def refresh_tombstones(self) -> None:
         """Reload which rows are deleted (after `chan index delete`)."""

@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from index_builder import format as fmt
 from index_builder.metadata import CaptionRecord, ImageRecord, MetadataStore
-from index_builder.policy import IndexChoice, choose_index_key, make_index
+from index_builder.policy import (
+    FLAT_MAX_VECTORS,
+    MAX_TRAIN_VECTORS,
+    TRAIN_POINTS_PER_CENTROID,
+    IndexChoice,
+    choose_index_key,
+    ivf_list_count,
+    make_index,
+)
 from index_builder.quant import quantize_int8
 from model.extract import RowWriter, preallocate_npy
 from model.vocab import atomic_write_text
@@ -33,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes all FAISS indexes together may take in RAM
 ADD_BATCH_VECTORS = 65_536  # vectors per faiss.add call (bounds the float32 copy)
+MAX_WORD_CELLS = 16_384  # more cells sharpen caption scores but cost k-means time
+WORD_CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class WriterSpec:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     factories: dict[str, str] = field(default_factory=dict)  # overrides: regions, words, ...
     pooled: bool = True  # also build one-vector-per-item indexes
+    word_cells: int | None = None  # k-means cells over words; None = policy (0 = none)
     build: dict[str, Any] = field(default_factory=dict)  # parameters recorded in the manifest
 
     def __post_init__(self) -> None:
@@ -234,10 +245,7 @@ class IndexWriter:
         import faiss
 
         seg = fmt.open_segment(self.seg, self.spec.storage)
-        sources = {
-            fmt.REGION_INDEX: (len(seg.owner), lambda pos: region_vectors(seg, pos)),
-            fmt.WORD_INDEX: (len(seg.words), lambda pos: word_vectors(seg, pos)),
-        }
+        sources = {fmt.REGION_INDEX: (len(seg.owner), lambda pos: region_vectors(seg, pos))}
         if self.spec.pooled:
             pooled_images = np.load(self.seg / "image_pooled.npy", mmap_mode="r")
             pooled_caps = np.load(self.seg / "caption_pooled.npy", mmap_mode="r")
@@ -245,6 +253,9 @@ class IndexWriter:
             sources[fmt.CAPTION_POOLED_INDEX] = (len(pooled_caps), _rows_of(pooled_caps))
         budget = self.spec.memory_budget_bytes // len(sources)
         choices = {}
+        words = self._build_word_cells(len(seg.words), lambda pos: word_vectors(seg, pos))
+        if words is not None:
+            choices[fmt.WORD_INDEX] = words
         for name, (count, fetch) in sources.items():
             if count == 0:
                 continue
@@ -252,10 +263,40 @@ class IndexWriter:
             index = make_index(choice, self.spec.dim)
             fill_index(index, choice, count, fetch, desc=name, progress=progress)
             faiss.write_index(index, str(self.work / name))
-            if name == fmt.WORD_INDEX and "IVF" in choice.factory:
-                write_word_codes(index, count, fetch, self.seg / fmt.WORD_CODES)
             choices[name] = choice
         return choices
+
+    def _build_word_cells(self, count: int, fetch) -> IndexChoice | None:
+        """Word side, PLAID-style: k-means cells over the word vectors (words.faiss holds
+        the centroids) and each word's cell (word_codes.npy). The searcher scores every
+        caption from these in a few array passes; few words need no cells at all (an
+        exact scan of every caption is cheap)."""
+        import faiss
+
+        cells = self.spec.word_cells
+        if cells is None and count > FLAT_MAX_VECTORS:
+            cells = min(ivf_list_count(count), MAX_WORD_CELLS)
+        if not cells:
+            logger.info("words: %d vectors, searched exactly (no cells needed)", count)
+            return None
+        if cells > count:
+            raise ValueError(f"{cells} word cells need at least as many word vectors ({count})")
+        sample = min(count, TRAIN_POINTS_PER_CENTROID * cells, MAX_TRAIN_VECTORS)
+        positions = np.sort(np.random.default_rng(0).choice(count, sample, replace=False))
+        logger.info("words: %d cells trained on %d of %d vectors", cells, sample, count)
+        kmeans = faiss.Kmeans(self.spec.dim, cells, niter=WORD_CELL_ITERATIONS, spherical=True,
+                              seed=1, verbose=False)  # fmt: skip
+        kmeans.train(np.ascontiguousarray(fetch(positions)))
+        centroids = faiss.IndexFlatIP(self.spec.dim)
+        centroids.add(kmeans.centroids)
+        faiss.write_index(centroids, str(self.work / fmt.WORD_INDEX))
+        write_word_codes(centroids, count, fetch, self.seg / fmt.WORD_CODES)
+        return IndexChoice(
+            factory=f"Flat({cells} word cells)", metric="ip", train_vectors=sample,
+            nprobe=None, ef_search=None, bytes_estimate=cells * self.spec.dim * 4 + count * 4,
+            reason=f"{count:,} word vectors: k-means cells + codes for centroid scoring of "
+            "every caption",
+        )  # fmt: skip
 
     def _choose(self, name: str, count: int, budget: int) -> IndexChoice:
         key = name.removesuffix(".faiss")
@@ -370,12 +411,10 @@ def fill_index(
         index.add(np.ascontiguousarray(fetch(np.arange(start, stop))))
 
 
-def write_word_codes(index: Any, count: int, fetch, path: Path) -> None:
-    """The coarse (IVF) cell of every word vector: the searcher scores all captions
+def write_word_codes(centroids: Any, count: int, fetch, path: Path) -> None:
+    """The cell (nearest centroid) of every word vector: the searcher scores all captions
     approximately from cell centroids (see shortlist.py) before the exact rerank."""
-    import faiss
-
-    quantizer = faiss.extract_index_ivf(index).quantizer
+    quantizer = centroids
     preallocate_npy(path, (count,), np.int32)
     with RowWriter(path) as writer:
         for start in range(0, count, ADD_BATCH_VECTORS):

@@ -1,0 +1,225 @@
+"""`chan bench search`: build an index of synthetic clustered embeddings and measure the
+search path against exhaustive exact scoring, in one run.
+
+Embeddings are generated here, not by a model: `concepts` random unit centroids;
+every region of an image is a noisy copy of one of the image's concepts; a caption's
+words are noisy copies of its image's concepts plus shared "function words" (as "a",
+"the" are in real captions). Queries are fresh captions of random gallery images (text
+-> image) and stored images (image -> caption)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from index_builder.metadata import CaptionRecord, ImageRecord
+from index_builder.reader import GalleryIndex
+from index_builder.shortlist import SearchParams, VectorSearcher
+from index_builder.writer import IndexWriter, WriterSpec
+
+logger = logging.getLogger(__name__)
+
+NOISE = 0.6  # noise norm relative to the unit centroid: cos(copy, centroid) ~ 0.86
+FUNCTION_WORDS = 16  # shared words every caption draws from
+FUNCTION_SHARE = 0.3  # share of a caption's words that are function words
+MATCHING = {"coding": "hard", "pooling": "lse", "pooling_temperature": 0.1,
+            "soft_temperature": 9.0}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=10_000, help="gallery size (10000)")
+    parser.add_argument("--regions", type=int, default=36, help="K (36)")
+    parser.add_argument("--dim", type=int, default=1024, help="d (1024)")
+    parser.add_argument("--captions-per-image", type=int, default=5)
+    parser.add_argument("--words", type=int, default=12, help="words per caption (12)")
+    parser.add_argument("--concepts", type=int, default=2048, help="concept centroids (2048)")
+    parser.add_argument("--queries", type=int, default=50, help="queries per direction (50)")
+    parser.add_argument("--storage", nargs="+", default=["float16", "int8"],
+                        choices=["float16", "int8"])  # fmt: skip
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=2, help="torch / FAISS threads (2)")
+    parser.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="JSON of every figure, last line")
+
+
+class World:
+    """Deterministic synthetic embeddings (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        rng = np.random.default_rng(args.seed)
+        self.centroids = _unit(rng.normal(size=(args.concepts, args.dim)))
+        self.function = _unit(rng.normal(size=(FUNCTION_WORDS, args.dim)))
+        # an image shows a few objects; each object is seen by several regions
+        self.objects = rng.integers(0, args.concepts, size=(args.images, 6))
+        self.counts = rng.integers(args.regions * 2 // 3, args.regions + 1, size=args.images)
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.args.seed, *key])
+
+    def images(self, start: int, stop: int) -> np.ndarray:
+        k, d = self.args.regions, self.args.dim
+        out = np.zeros((stop - start, k, d), np.float32)
+        for i in range(start, stop):
+            rng = self._rng(1, i)
+            concepts = self.objects[i, rng.integers(0, 6, size=self.counts[i])]
+            out[i - start, : self.counts[i]] = _noisy(self.centroids[concepts], rng)
+        return out
+
+    def caption(self, image: int, number: int) -> np.ndarray:
+        rng = self._rng(2, image, number)
+        n = self.args.words
+        n_function = round(n * FUNCTION_SHARE)
+        content = self.centroids[self.objects[image, rng.integers(0, 6, size=n - n_function)]]
+        function = self.function[rng.integers(0, FUNCTION_WORDS, size=n_function)]
+        return _noisy(np.concatenate([content, function]), rng, scale=0.5)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _noisy(vectors: np.ndarray, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    noise = rng.normal(size=vectors.shape) * (NOISE * scale / np.sqrt(vectors.shape[-1]))
+    return _unit(vectors + noise)
+
+
+def build(world: World, out: Path, storage: str, budget: int) -> dict[str, Any]:
+    args = world.args
+    n_caps = args.images * args.captions_per_image
+    spec = WriterSpec(
+        num_regions=args.regions, dim=args.dim, matching=MATCHING, storage=storage,
+        checkpoint={"sha256": "synthetic", "path": None, "config": None},
+        memory_budget_bytes=budget, pooled=False,
+        build={"synthetic": {k: v for k, v in vars(args).items() if k != "workdir"}},
+    )  # fmt: skip
+    lengths = np.full(n_caps, args.words, np.int64)
+    started = time.perf_counter()
+    writer = IndexWriter(out, spec, world.counts, lengths, overwrite=True)
+    step = 256
+    for start in tqdm(range(0, args.images, step), desc=f"write images ({storage})", disable=None):
+        stop = min(args.images, start + step)
+        writer.write_images(
+            start, world.images(start, stop), np.zeros((stop - start, args.regions, 4))
+        )
+    per = args.captions_per_image
+    for start in tqdm(range(0, args.images, step), desc="write captions", disable=None):
+        stop = min(args.images, start + step)
+        words = [world.caption(i, j) for i in range(start, stop) for j in range(per)]
+        writer.write_captions(start * per, np.concatenate(words))
+    write_s = time.perf_counter() - started
+    images = [ImageRecord(f"img{i}") for i in range(args.images)]
+    captions = [CaptionRecord(f"cap{i}", "synthetic", f"img{i // per}") for i in range(n_caps)]
+    writer.finish(images, captions, None)
+    total_s = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"write_s": round(write_s, 2), "build_s": round(total_s, 2),
+            "images_per_s": round(args.images / total_s, 1),
+            "disk_bytes_per_image": round(size / args.images)}  # fmt: skip
+
+
+def measure(world: World, out: Path) -> dict[str, Any]:
+    args = world.args
+    rss_before = _rss_bytes()
+    index = GalleryIndex(out, checksums=False)
+    rss_index = _rss_bytes() - rss_before
+    searcher = VectorSearcher(index, None, SearchParams())
+    rng = np.random.default_rng(args.seed + 7)
+    text_queries = [
+        torch.from_numpy(world.caption(int(i), 99))
+        for i in rng.integers(0, args.images, args.queries)
+    ]
+    rows = rng.integers(0, args.images, args.queries)
+    regions, counts = index.images(rows)
+    image_queries = [regions[i, : int(counts[i])] for i in range(len(rows))]
+    result = {"ram_bytes_per_image": round(rss_index / args.images),
+              "faiss": {n: c["factory"] for n, c in index.manifest["faiss"].items()}}  # fmt: skip
+    for name, queries, run in (
+        ("text_to_image", text_queries, searcher.images_for_words),
+        ("image_to_text", image_queries, searcher.captions_for_regions),
+    ):
+        run(queries[0], 10)  # warm-up: page in the index structures
+        fast, exact, recalls = [], [], []
+        for query in queries:
+            started = time.perf_counter()
+            found = run(query, 10)
+            fast.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            truth = run(query, 10, exhaustive=True)
+            exact.append(time.perf_counter() - started)
+            recalls.append(len(np.intersect1d(found.rows, truth.rows)) / 10)
+        result[name] = {
+            "recall_at_10": round(float(np.mean(recalls)), 4),
+            "p50_ms": _pct(fast, 50), "p99_ms": _pct(fast, 99),
+            "exhaustive_p50_ms": _pct(exact, 50), "exhaustive_p99_ms": _pct(exact, 99),
+        }  # fmt: skip
+    index.close()
+    return result
+
+
+def _pct(values: list[float], q: int) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 2)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    world = World(args)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chan-bench-"))
+    report: dict[str, Any] = {"images": args.images, "regions": args.regions, "dim": args.dim,
+                              "captions": args.images * args.captions_per_image,
+                              "threads": args.threads, "storage": {}}  # fmt: skip
+    try:
+        for storage in args.storage:
+            out = workdir / f"index-{storage}"
+            figures = build(world, out, storage, int(args.memory_budget_gb * (1 << 30)))
+            figures |= measure(world, out)
+            report["storage"][storage] = figures
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"search benchmark: {report['images']:,} images x K={report['regions']} "
+        f"d={report['dim']}, {report['captions']:,} captions, {report['threads']} threads"
+    ]
+    for storage, f in report["storage"].items():
+        lines.append(f"[{storage}] build {f['build_s']} s ({f['images_per_s']} images/s), "
+                     f"disk {f['disk_bytes_per_image']:,} B/image, "
+                     f"RAM {f['ram_bytes_per_image']:,} B/image; {f['faiss']}")  # fmt: skip
+        for name in ("text_to_image", "image_to_text"):
+            d = f[name]
+            lines.append(
+                f"  {name}: recall@10 {d['recall_at_10']:.3f}, p50 {d['p50_ms']} ms, "
+                f"p99 {d['p99_ms']} ms; exhaustive p50 {d['exhaustive_p50_ms']} ms "
+                f"(x{d['exhaustive_p50_ms'] / max(d['p50_ms'], 1e-9):.1f})"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Index build -> open -> search, end to end on a small synthetic world, with the
+refusals a damaged or foreign index must meet."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.cli import main
+from index_builder import format as fmt
+from index_builder.build import BuildOptions, build_index
+from index_builder.reader import GalleryIndex
+from index_builder.searcher import Searcher, UnknownIdError
+from model.chan import create_model
+from model.checkpoint import checkpoint_hash, save_checkpoint
+from model.extract import extract_split
+from model.extractors.base import create_extractor
+from model.images import list_images
+from model.synth import generate_world
+from model.vocab import Vocabulary
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """30 synthetic images (test split), demo features, an untrained tiny checkpoint
+    that records the demo extractor, and the world's captions."""
+    root = tmp_path_factory.mktemp("index")
+    synth = root / "synth"
+    generate_world(synth, 90, seed=1, progress=False)
+    entries = list_images(synth / "test_images.txt")
+    extractor = create_extractor("demo")
+    extract_split(entries, extractor, synth, "test", progress=False)
+    captions = [json.loads(line)["text"] for line in (synth / "captions.jsonl").open()]
+    vocab = Vocabulary.build(captions, threshold=1)
+    torch.manual_seed(0)
+    model = create_model("tiny", img_dim=256, vocab_size=len(vocab)).eval()
+    save_checkpoint(model, root / "ckpt", vocab=vocab, extractor=extractor.spec.to_dict())
+    other = create_model("tiny", img_dim=256, vocab_size=len(vocab)).eval()
+    save_checkpoint(other, root / "other", vocab=vocab, extractor=extractor.spec.to_dict())
+    return root
+
+
+def build(world, out, **options):
+    return build_index(
+        world / "ckpt", out, world / "synth" / "captions.jsonl",
+        features=world / "synth", split="test", images=world / "synth" / "test_images.txt",
+        caption_split="test", options=BuildOptions(recall_queries=10, **options),
+        progress=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def index_dir(world):
+    return build(world, world / "idx")
+
+
+@pytest.fixture(scope="module")
+def searcher(world, index_dir):
+    return Searcher.open(index_dir, world / "ckpt")
+
+
+def test_manifest_describes_the_index(world, index_dir):
+    manifest = fmt.read_manifest(index_dir)
+    assert manifest["counts"]["images"] == 14 and manifest["counts"]["captions"] == 70
+    assert manifest["checkpoint"]["sha256"] == checkpoint_hash(world / "ckpt")
+    assert manifest["extractor"]["name"] == "demo"
+    # few words: every caption is scored exactly, so the index has no word cells
+    assert set(manifest["faiss"]) == {
+        fmt.REGION_INDEX,
+        fmt.IMAGE_POOLED_INDEX,
+        fmt.CAPTION_POOLED_INDEX,
+    }
+    assert manifest["recall"]["text_to_image"]["queries"] == 10
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+    assert not (world / "idx.partial").exists()
+
+
+def test_shortlist_equals_exhaustive_when_candidates_cover_the_gallery(searcher):
+    for text in ["a red circle and a blue square", "two black stars", "a small green cross"]:
+        fast = searcher.search_images(text, k=5, candidates=14)
+        exact = searcher.search_images(text, k=5, exhaustive=True)
+        assert [h["image_id"] for h in fast["hits"]] == [h["image_id"] for h in exact["hits"]]
+        np.testing.assert_allclose([h["score"] for h in fast["hits"]],
+                                   [h["score"] for h in exact["hits"]], rtol=1e-5)  # fmt: skip
+        assert exact["exhaustive"] and not fast["exhaustive"]
+
+
+def test_text_search_scores_equal_the_model_on_stored_vectors(world, searcher):
+    """The ranked scores are the exact CHAN scores of the stored (fp16) embeddings."""
+    result = searcher.search_images("a purple diamond above a yellow star", k=3, explain=True)
+    words, _ = searcher.encode_text("a purple diamond above a yellow star")
+    for hit in result["hits"]:
+        regions, counts = searcher.index.images(np.array([hit["row"]]))
+        from model.scoring import score_text_query
+
+        want = score_text_query(words, regions, counts, searcher.matching)[0]
+        assert hit["score"] == pytest.approx(float(want), rel=1e-5)
+        assert [e["token"] for e in hit["explain"]][:3] == ["<start>", "a", "purple"]
+        assert all(0 <= v <= 1 for e in hit["explain"] for v in e["box"])
+
+
+def test_caption_search_from_id_features_and_image_agree(world, searcher):
+    by_id = searcher.search_captions(image_id="img000081", k=5, explain=True)
+    features = np.load(world / "synth" / "test_ims.npy")
+    ids = (world / "synth" / "test_ids.txt").read_text().split()
+    row = ids.index("img000081")
+    counts = np.load(world / "synth" / "test_counts.npy")
+    by_features = searcher.search_captions(features=features[row], count=int(counts[row]), k=5)
+    image = Image.open(world / "synth" / "images" / "img000081.png").convert("RGB")
+    by_image = searcher.search_captions(image=image, k=5)
+    top = [h["caption_id"] for h in by_id["hits"]]
+    assert [h["caption_id"] for h in by_features["hits"]] == top
+    assert [h["caption_id"] for h in by_image["hits"]] == top
+    assert by_id["hits"][0]["explain"][0]["box"] is not None
+    with pytest.raises(UnknownIdError, match="not in the index"):
+        searcher.search_captions(image_id="nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        searcher.search_captions(image_id="img000081", features=features[row])
+
+
+def test_refusals(world, index_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(index_dir, damaged)
+    regions = damaged / "seg000" / "regions.npy"
+    data = bytearray(regions.read_bytes())
+    data[-1] ^= 0xFF
+    regions.write_bytes(bytes(data))
+    with pytest.raises(fmt.IndexFormatError, match="sha256"):
+        GalleryIndex(damaged)
+    regions.write_bytes(bytes(data[:-10]))
+    with pytest.raises(fmt.IndexFormatError, match="truncated"):
+        GalleryIndex(damaged)
+    shutil.rmtree(damaged)
+    shutil.copytree(index_dir, damaged)
+    manifest = json.loads((damaged / fmt.MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (damaged / fmt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(fmt.IndexFormatError, match="version 99"):
+        GalleryIndex(damaged)
+    with pytest.raises(fmt.IndexFormatError, match="not by the loaded one"):
+        Searcher.open(index_dir, world / "other")
+
+
+def test_delete_is_honoured_and_verify_passes(world, index_dir, tmp_path, capsys):
+    copy = tmp_path / "idx"
+    shutil.copytree(index_dir, copy)
+    searcher = Searcher.open(copy, world / "ckpt")
+    top = searcher.search_images("a red circle", k=1)["hits"][0]["image_id"]
+    assert main(["index", "delete", str(copy), "--image", top]) == 0
+    searcher = Searcher.open(copy, world / "ckpt")
+    assert top not in [h["image_id"] for h in searcher.search_images("a red circle", k=13)["hits"]]
+    assert main(["index", "verify", str(copy), "--checkpoint", str(world / "ckpt")]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert main(["index", "delete", str(copy), "--image", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_interrupted_build_leaves_nothing_in_place_and_resumes(world, tmp_path, monkeypatch):
+    from index_builder import writer as writer_module
+
+    encoded = {"n": 0}
+    module_call = torch.nn.Module.__call__
+
+    def counting(self, *args, **kwargs):
+        if type(self).__name__ == "RegionEncoder":
+            encoded["n"] += 1
+        return module_call(self, *args, **kwargs)
+
+    def interrupt(self, start, words):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    original = writer_module.IndexWriter.write_captions
+    monkeypatch.setattr(writer_module.IndexWriter, "write_captions", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build(world, tmp_path / "idx")
+    assert not (tmp_path / "idx").exists() and (tmp_path / "idx.partial").exists()
+    assert encoded["n"] >= 1  # the images were encoded before the interruption
+    monkeypatch.setattr(writer_module.IndexWriter, "write_captions", original)
+    encoded["n"] = 0
+    build(world, tmp_path / "idx")
+    assert (tmp_path / "idx" / fmt.MANIFEST).exists() and not (tmp_path / "idx.partial").exists()
+    assert encoded["n"] == 0  # resumed after the images: none encoded again
+    assert GalleryIndex(tmp_path / "idx").num_images == 14
+
+
+def test_int8_and_forced_ivf(world, tmp_path, index_dir):
+    out = build(world, tmp_path / "ivf", storage="int8", factories={"regions": "IVF8,Flat"},
+                word_cells=8)  # fmt: skip
+    manifest = fmt.read_manifest(out)
+    assert manifest["faiss"][fmt.REGION_INDEX]["factory"] == "IVF8,Flat"
+    assert manifest["faiss"][fmt.WORD_INDEX]["factory"] == "Flat(8 word cells)"
+    assert (out / "seg000" / fmt.WORD_CODES).exists()
+    searcher = Searcher.open(out, world / "ckpt")
+    fp16 = Searcher.open(index_dir, world / "ckpt")
+    query = searcher.search_captions(image_id="img000081", k=5, candidates=70)
+    exact = searcher.search_captions(image_id="img000081", k=5, exhaustive=True)
+    assert [h["row"] for h in query["hits"]] == [h["row"] for h in exact["hits"]]
+    a = searcher.search_images("a blue square", k=5, exhaustive=True)["hits"]
+    b = fp16.search_images("a blue square", k=5, exhaustive=True)["hits"]
+    assert abs(a[0]["score"] - b[0]["score"]) < 0.05  # int8 costs little precision
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "x"}', "non-empty"),
+        ('{"id": "x", "text": "a red circle", "image_id": "ghost"}', "not in the gallery"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_bad_caption_lines_are_one_line_errors(world, tmp_path, capsys, line, message):
+    captions = tmp_path / "caps.jsonl"
+    captions.write_text('{"id": "ok", "text": "a red circle"}\n' + line + "\n")
+    argv = ["index", "build", "--checkpoint", str(world / "ckpt"), "--features",
+            str(world / "synth"), "--split", "test", "--captions", str(captions),
+            "--out", str(tmp_path / "idx")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "caps.jsonl:2" in err and len(err.splitlines()) == 1
