@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 NOISE = 0.6  # noise norm relative to the unit centroid: cos(copy, centroid) ~ 0.86
 FUNCTION_WORDS = 16  # shared words every caption draws from
 FUNCTION_SHARE = 0.3  # share of a caption's words that are function words
+BENCH_KEYS = ("images", "regions", "dim", "captions_per_image", "words", "concepts", "seed")
 MATCHING = {"coding": "hard", "pooling": "lse", "pooling_temperature": 0.1,
             "soft_temperature": 9.0}  # fmt: skip
 
@@ -104,7 +105,7 @@ def build(world: World, out: Path, storage: str, budget: int) -> dict[str, Any]:
         num_regions=args.regions, dim=args.dim, matching=MATCHING, storage=storage,
         checkpoint={"sha256": "synthetic", "path": None, "config": None},
         memory_budget_bytes=budget, pooled=False,
-        build={"synthetic": {k: v for k, v in vars(args).items() if k != "workdir"}},
+        build={"synthetic": {k: v for k, v in vars(args).items() if k in BENCH_KEYS}},
     )  # fmt: skip
     lengths = np.full(n_caps, args.words, np.int64)
     started = time.perf_counter()

@@ -109,7 +109,7 @@ def build_index(
     _encode_captions(loaded, texts, writer, options.batch_size, progress)
 
     def measure(work: Path) -> dict[str, Any]:
-        return measure_recall(work, loaded, texts, options.recall_queries, options.seed)
+        return measure_recall(work, options.recall_queries, options.seed)
 
     result = writer.finish(image_records, caption_records, measure, progress)
     shutil.rmtree(_extract_dir(out), ignore_errors=True)
@@ -293,16 +293,22 @@ def _encode_images(loaded, gallery: Gallery, writer: IndexWriter, batch: int, pr
     with bar:
         for start in range(writer.images_done, total, batch):
             rows = gallery.rows[start : start + batch]
-            feats = torch.from_numpy(np.asarray(gallery.features[rows], dtype=np.float32))
-            counts = torch.from_numpy(gallery.counts[rows].astype(np.int64))
-            emb = loaded.model.encode_images(feats, counts).numpy()
-            boxes = (
-                np.asarray(gallery.boxes[rows], dtype=np.float32)
-                if gallery.boxes is not None
-                else np.tile(np.array([0, 0, 1, 1], np.float32), (len(rows), emb.shape[1], 1))
-            )
-            writer.write_images(start, emb, boxes)
+            writer.write_images(start, *encode_gallery_rows(loaded, gallery, rows))
             bar.update(len(rows))
+
+
+@torch.inference_mode()
+def encode_gallery_rows(
+    loaded: LoadedCheckpoint, gallery: Gallery, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows -> (B, K, d) region embeddings and (B, K, 4) boxes (whole-image
+    boxes when the features came without any)."""
+    feats = torch.from_numpy(np.asarray(gallery.features[rows], dtype=np.float32))
+    counts = torch.from_numpy(gallery.counts[rows].astype(np.int64))
+    emb = loaded.model.encode_images(feats, counts).numpy()
+    if gallery.boxes is not None:
+        return emb, np.asarray(gallery.boxes[rows], dtype=np.float32)
+    return emb, np.tile(np.array([0, 0, 1, 1], np.float32), (len(rows), emb.shape[1], 1))
 
 
 @torch.inference_mode()
@@ -319,21 +325,20 @@ def _encode_captions(loaded, texts: list[str], writer: IndexWriter, batch: int, 
 # ---------------------------------------------------------------------- recall
 
 
-def measure_recall(
-    work: Path, loaded: LoadedCheckpoint, texts: list[str], queries: int, seed: int
-) -> dict[str, Any]:
-    """Recall@10 of shortlist + rerank against exact search on sample queries: caption
-    texts as text queries, stored gallery images as image queries."""
+def measure_recall(work: Path, queries: int, seed: int) -> dict[str, Any]:
+    """Recall@10 of shortlist + rerank against exact search on sample queries drawn from
+    the index itself: stored caption word vectors as text queries (what the encoder
+    made of those captions) and stored images as image queries."""
     index = GalleryIndex(work, checksums=False)
     try:
-        searcher = VectorSearcher(index, loaded, SearchParams())
+        searcher = VectorSearcher(index, None, SearchParams())
         rng = random.Random(seed)
-        sample = rng.sample(range(len(texts)), min(queries, len(texts)))
-        with torch.inference_mode():
-            words, lens = loaded.encode_captions([texts[i] for i in sample])
-        text_queries = [words[i, : int(lens[i])] for i in range(len(sample))]
-        image_rows = rng.sample(range(index.num_images), min(queries, index.num_images))
-        regions, counts = index.images(np.array(image_rows))
+        live_captions = np.flatnonzero(index.live_captions).tolist()
+        caption_rows = rng.sample(live_captions, min(queries, len(live_captions)))
+        text_queries = [index.captions(np.array([row])).vectors for row in caption_rows]
+        live_images = np.flatnonzero(index.live_images).tolist()
+        image_rows = rng.sample(live_images, min(queries, len(live_images)))
+        regions, counts = index.images(np.array(image_rows, dtype=np.int64))
         image_queries = [regions[i, : int(counts[i])] for i in range(len(image_rows))]
         return recall.measure(searcher, text_queries, image_queries, k=10)
     finally:

@@ -19,6 +19,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_info(sub)
     _add_verify(sub)
     _add_delete(sub)
+    _add_add(sub)
+    _add_compact(sub)
 
 
 def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -185,4 +187,47 @@ def _run_delete(args: argparse.Namespace) -> int:
         raise ValueError("nothing to delete: give --image, --caption or --ids-file")
     deleted = delete_items(args.index, images, captions)
     print(f"deleted {deleted['images']} images and {deleted['captions']} captions in {args.index}")
+    return 0
+
+
+def _add_add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "add",
+        help="add images and/or captions (encoded with the index's checkpoint)",
+        description="New rows are encoded; existing ones are copied from their stored "
+        "embeddings (tombstoned rows are dropped) and the FAISS indexes are rebuilt.",
+    )
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the index's checkpoint")
+    parser.add_argument("--features", type=Path, help="folder with SPLIT_ims.npy of new images")
+    parser.add_argument("--split", default="gallery")
+    parser.add_argument("--images", type=Path, help="new images (folder or list)")
+    parser.add_argument("--captions", type=Path, help="captions JSONL to add")
+    parser.add_argument("--caption-split", help="keep only caption lines with this `split`")
+    parser.set_defaults(func=_run_add)
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    from index_builder.edit import add_items
+
+    added = add_items(
+        args.index, args.checkpoint, captions=args.captions, features=args.features,
+        split=args.split, images=args.images, caption_split=args.caption_split,
+    )  # fmt: skip
+    print(f"added {added['images']} images and {added['captions']} captions to {args.index}")
+    return 0
+
+
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("compact", help="drop deleted rows for good")
+    parser.add_argument("index", type=Path)
+    parser.set_defaults(func=_run_compact)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from index_builder.edit import compact_index
+
+    removed = compact_index(args.index)
+    print(f"removed {removed['images']} images and {removed['captions']} captions from "
+          f"{args.index}")  # fmt: skip
     return 0
