@@ -36,7 +36,12 @@ def _run_synth(args: argparse.Namespace) -> int:
     from model.synth import generate_world
 
     summary = generate_world(args.out, args.images, seed=args.seed, image_size=args.size)
-    print(f"synthetic world in {args.out}: {summary}")
+    counts = ", ".join(f"{split} {n}" for split, n in summary.counts.items())
+    verb = "reused" if summary.reused else "wrote"
+    print(
+        f"{verb} {summary.num_images} images ({counts}; {summary.num_twins} binding twins) "
+        f"in {args.out}"
+    )
     return 0
 
 

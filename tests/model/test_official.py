@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -286,3 +287,35 @@ def test_vocab_size_and_coding_are_checked(tmp_path, bigru_official):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(OfficialFormatError, match="not a torch checkpoint"):
         import_official(tmp_path / "junk.pth", tmp_path / "own", vocab_path=vocab)
+
+
+def test_eval_on_an_imported_checkpoint_uses_the_reference_scores(tmp_path, bigru_official):
+    """`chan eval` on the official precomp layout (no counts file: all 36 slots) reports
+    the recalls of the reference implementation's own score matrix."""
+    from app.cli import main
+    from model.metrics import retrieval_metrics
+
+    ckpt, vocab, parts = bigru_official
+    import_official(ckpt, tmp_path / "own", vocab_path=vocab)
+    torch.manual_seed(2)
+    regions = torch.randn(5, SLOTS, D)
+    # 25 distinct captions (identical ones would tie, and ties rank by float noise)
+    extra = ["red", "blue square", "green", "two", "circle above"]
+    captions = [f"{extra[i]} {CAPTIONS[j]}" for i in range(5) for j in range(5)]
+    data = tmp_path / "precomp"
+    data.mkdir()
+    np.save(data / "test_ims.npy", regions.numpy())
+    (data / "test_caps.txt").write_text("\n".join(captions) + "\n")
+    ref_img = ref_images(parts[0], regions)
+    expected = torch.empty(5, len(captions))
+    for c, caption in enumerate(captions):
+        ref_cap = ref_caption(parts[1], ref_ids(caption))
+        for i in range(5):
+            expected[i, c] = ref_score(ref_img[i], SLOTS, ref_cap, "LSEPooling")
+    want = retrieval_metrics(expected.numpy(), np.repeat(np.arange(5), 5))
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--checkpoint", str(tmp_path / "own"), "--data", str(data), "--out", str(out)]
+    assert main(argv) == 0
+    got = json.loads(out.read_text())
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key

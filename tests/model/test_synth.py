@@ -390,3 +390,14 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk on fire"):
         generate_world(tmp_path / "world", 12, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_then_reuses(tmp_path, capsys):
+    from app.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "w"), "--images", "6", "--seed", "2"]) == 0
+    assert "wrote 6 images" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "w"), "--images", "6", "--seed", "2"]) == 0
+    assert "reused 6 images" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "w"), "--images", "7"]) == 2
+    assert "empty directory" in capsys.readouterr().err
