@@ -63,6 +63,8 @@ def fold_metrics(scores: np.ndarray, caption_image: np.ndarray, folds: int = 5) 
 
 
 def _check(scores: np.ndarray, caption_image: np.ndarray) -> None:
+    if not np.isfinite(scores).all():
+        raise ValueError("the score matrix holds NaN or infinite values: the model diverged")
     if scores.ndim != 2 or caption_image.shape != (scores.shape[1],):
         raise ValueError(
             f"scores {scores.shape} need one ground-truth image per column, "

@@ -158,7 +158,9 @@ def soft_assignment(
     # clipped l2norm), then softmax over the image's valid regions.
     n_captions = flat.offsets.numel() - 1
     owner = torch.repeat_interleave(torch.arange(n_captions, device=words.device), flat.lengths)
-    norms = sims.new_zeros(batch, slots, n_captions).index_add_(2, owner, sims * sims).sqrt()
+    squares = sims.new_zeros(batch, slots, n_captions).index_add_(2, owner, sims * sims)
+    # clamp before the root: padded (zero) regions would make sqrt's gradient 0 * inf = NaN
+    norms = squares.clamp_min(_EPS * _EPS).sqrt()
     sims = sims / (norms[:, :, owner] + _EPS)
     logits = (sims * matching.soft_temperature).masked_fill(~region_mask[:, :, None], float("-inf"))
     attn = torch.softmax(logits, dim=1)  # (B, K, W)

@@ -258,6 +258,10 @@ def train_step(model, ddp_model, batch, optimizer, config, ranks, hardest, devic
     counts_all, lens_all = gather_with_grad(counts, ranks), gather_with_grad(lens, ranks)
     scores = score_matrix(img_all, counts_all, cap_all, lens_all, model.matching)
     loss = hinge_triplet_loss(scores, config.margin, hardest_negative=hardest)
+    if not torch.isfinite(loss):
+        raise RuntimeError(
+            f"the loss became {float(loss)}; lower --lr or --grad-clip, or check the features"
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:

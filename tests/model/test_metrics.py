@@ -67,3 +67,9 @@ def test_bad_shapes_and_orphan_images():
         retrieval_metrics(np.zeros((3, 4)), np.zeros(3, dtype=int))
     with pytest.raises(ValueError, match="no caption"):
         retrieval_metrics(np.zeros((3, 2)), np.array([0, 1]))
+
+
+def test_nan_scores_are_refused_not_counted_as_hits():
+    scores = np.full((3, 3), np.nan)
+    with pytest.raises(ValueError, match="diverged"):
+        retrieval_metrics(scores, np.arange(3))

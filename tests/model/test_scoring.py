@@ -238,3 +238,12 @@ def test_global_coding_is_the_cosine_of_mean_pooled_sides():
             caption = words[j, : word_lens[j]].double().mean(0)
             want[i, j] = F.cosine_similarity(image, caption, dim=0)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_soft_assignment_gradients_are_finite_with_zero_padded_regions():
+    regions, region_lens, words, word_lens = random_batch(4)
+    regions = regions * (torch.arange(regions.shape[1])[None, :, None] < region_lens[:, None, None])
+    regions.requires_grad_(True)
+    scores = score_matrix(regions, region_lens, words, word_lens, Matching(coding="soft"))
+    scores.sum().backward()
+    assert torch.isfinite(regions.grad).all()
