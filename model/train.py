@@ -14,11 +14,9 @@ negatives come from the global batch; only rank 0 validates, logs and writes fil
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,15 @@ from model.chan import CHANModel
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig, get_config
 from model.data import Augment, PrecompSplit, augment_tokens, drop_regions, load_split
+from model.distributed import (
+    Distributed,
+    build_device,
+    build_distributed,
+    gather_with_grad,
+    global_max,
+    pad_to,
+    rank_digests,
+)
 from model.evaluate import evaluate
 from model.losses import hinge_triplet_loss
 from model.plot import plot_curves
@@ -83,38 +90,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def build_distributed(device: str) -> Distributed:
-    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; without them, a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
-
-
-def build_device(name: str, ranks: Distributed) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible")
-        torch.cuda.set_device(ranks.local_rank)
-        return torch.device("cuda", ranks.local_rank)
-    if name not in {"auto", "cpu"}:
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -225,28 +200,6 @@ class CaptionBatches:
 # ----------------------------------------------------------------------------- one epoch
 
 
-def gather_with_grad(tensor: torch.Tensor, ranks: Distributed) -> torch.Tensor:
-    """Concatenate every rank's tensor along dim 0; gradients flow back to each owner."""
-    if ranks.world == 1:
-        return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
-
-
-def pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, L, d) -> (B, length, d), zero padded (all ranks need one shape to gather)."""
-    return torch.nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[1]))
-
-
-def global_max(value: int, ranks: Distributed) -> int:
-    if ranks.world == 1:
-        return value
-    box = torch.tensor([value])
-    dist.all_reduce(box, op=dist.ReduceOp.MAX)
-    return int(box)
-
-
 def train_step(model, ddp_model, batch, optimizer, config, ranks, hardest, device, amp):
     """One optimisation step; returns the loss value."""
     feats, counts, ids, lens = (t.to(device) for t in batch)
@@ -301,14 +254,6 @@ class RunLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def save_run_state(out: Path, optimizer, epoch: int, step: int, best: float) -> None:
@@ -432,7 +377,7 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
             )
         if ranks.world > 1:
             dist.barrier()
-    digests = _rank_digests(model, ranks)
+    digests = rank_digests(model, ranks)
     log.write({"event": "end", "epochs": epoch, "step": step, "rank_weight_digests": digests})
     if len(set(digests)) > 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
@@ -476,12 +421,3 @@ def _save(model, path, text, train_split, config, epoch, step, metrics) -> None:
             "train": dataclasses.asdict(config),
         },
     )
-
-
-def _rank_digests(model: CHANModel, ranks: Distributed) -> list[str]:
-    digest = weights_digest(model)
-    if ranks.world == 1:
-        return [digest]
-    gathered: list[Any] = [None] * ranks.world
-    dist.all_gather_object(gathered, digest)
-    return gathered

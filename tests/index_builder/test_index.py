@@ -272,3 +272,19 @@ def test_delete_compact_add_match_fresh_builds(world, index_dir, tmp_path, capsy
     assert main(["index", "add", str(edited), "--checkpoint", str(world / "ckpt"),
                  "--features", str(tmp_path / "last"), "--split", "test"]) == 2  # fmt: skip
     assert "already in the index" in capsys.readouterr().err
+
+
+def test_bench_search_on_a_built_index_and_on_synthetic_vectors(world, index_dir, capsys):
+    argv = ["bench", "search", "--index", str(index_dir), "--checkpoint", str(world / "ckpt"),
+            "--queries", "3", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    figures = report["storage"]["float16"]
+    assert figures["text_to_image"]["recall_at_10"] == 1.0  # Flat regions: exact neighbours
+    assert figures["image_to_text"]["p50_ms"] > 0
+    argv = ["bench", "search", "--images", "300", "--regions", "8", "--dim", "32",
+            "--queries", "3", "--storage", "int8", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    int8 = report["storage"]["int8"]
+    assert int8["disk_bytes_per_image"] > 0 and 0 <= int8["image_to_text"]["recall_at_10"] <= 1
