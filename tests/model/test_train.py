@@ -108,6 +108,16 @@ def test_max_steps_and_time_budget_stop_early(data, tmp_path):
     assert [r["step"] for r in records(tmp_path / "b") if "loss" in r] == [1]
 
 
+def free_port() -> int:
+    """A port nobody listens on now (a fixed rendezvous port can still be held by the
+    previous run's socket)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_torchrun(data: Path, out: Path, nproc: int, batch: int) -> subprocess.CompletedProcess:
     args = tiny_args(data, out, "--epochs", "2", "--region-drop", "0", "--token-prob", "0")
     args[args.index("--batch-size") + 1] = str(batch)
@@ -115,7 +125,8 @@ def run_torchrun(data: Path, out: Path, nproc: int, batch: int) -> subprocess.Co
     script = out.parent / f"entry_{nproc}.py"
     script.write_text(code)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                f"--nproc_per_node={nproc}", str(script), *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
