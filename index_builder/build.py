@@ -38,7 +38,8 @@ class BuildOptions:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     factories: dict[str, str] = field(default_factory=dict)  # FAISS overrides by index name
     pooled: bool = True
-    word_cells: int | None = None  # None: the policy decides (no cells for few words)
+    word_cells: int | None = None  # None: by size (no cells for few words)
+    region_cells: int | None = None  # None: by size (no cells for small galleries)
     batch_size: int = 128
     recall_queries: int = 100  # sample queries per direction for the measured recall
     seed: int = 0
@@ -95,6 +96,7 @@ def build_index(
         factories=dict(options.factories),
         pooled=options.pooled,
         word_cells=options.word_cells,
+        region_cells=options.region_cells,
         build={
             "batch_size": options.batch_size,
             "recall_queries": options.recall_queries,

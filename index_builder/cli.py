@@ -56,12 +56,15 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="FAISS RAM budget")
     parser.add_argument(
         "--factory", action="append", default=[], metavar="NAME=FACTORY",
-        help="override a FAISS index, e.g. regions=IVF4096,PQ64x8np (names: regions, "
+        help="override a pooled FAISS index, e.g. images_pooled=IVF4096,PQ64x8np (names: "
         "images_pooled, captions_pooled)",
     )  # fmt: skip
     parser.add_argument("--no-pooled", action="store_true", help="skip the pooled indexes")
     parser.add_argument(
         "--word-cells", type=int, help="k-means cells over caption words (default: by size)"
+    )
+    parser.add_argument(
+        "--region-cells", type=int, help="k-means cells over region vectors (default: by size)"
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--recall-queries", type=int, default=100, help="per direction")
@@ -75,8 +78,8 @@ def _run_build(args: argparse.Namespace) -> int:
     factories = {}
     for item in args.factory:
         name, sep, factory = item.partition("=")
-        if not sep or name not in {"regions", "images_pooled", "captions_pooled"}:
-            raise ValueError(f"--factory {item!r}: write NAME=FACTORY with NAME one of regions, "
+        if not sep or name not in {"images_pooled", "captions_pooled"}:
+            raise ValueError(f"--factory {item!r}: write NAME=FACTORY with NAME one of "
                              "images_pooled, captions_pooled")  # fmt: skip
         factories[name] = factory
     if args.batch_size < 1 or args.memory_budget_gb <= 0:
@@ -87,6 +90,7 @@ def _run_build(args: argparse.Namespace) -> int:
         factories=factories,
         pooled=not args.no_pooled,
         word_cells=args.word_cells,
+        region_cells=args.region_cells,
         batch_size=args.batch_size,
         recall_queries=args.recall_queries,
         overwrite=args.overwrite,
@@ -130,7 +134,8 @@ def summary(path: Path) -> str:
         f"  checkpoint {m['checkpoint']['sha256'][:12]} ({m['checkpoint'].get('path')})",
     ]
     for name, choice in m["faiss"].items():
-        lines.append(f"  {name}: {choice['factory']} (nprobe {choice['nprobe']})")
+        probe = f" (nprobe {choice['nprobe']})" if choice.get("nprobe") else ""
+        lines.append(f"  {name}: {choice['factory']}{probe}")
     for direction in ("text_to_image", "image_to_text"):
         if direction in m.get("recall", {}):
             r = m["recall"][direction]

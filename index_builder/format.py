@@ -5,7 +5,8 @@ verification. Nothing else reads or writes these files directly.
       manifest.json            what this is, who built it, counts, dims, dtypes, FAISS
                                factories, build parameters, measured recall, checksums
       metadata.sqlite          ids, URIs, caption text, image <-> caption links, tombstones
-      regions.faiss            region-level ANN index (text -> image shortlist)
+      regions.faiss            region cells: k-means centroids of the region vectors (text ->
+                               image shortlist); absent for small galleries
       words.faiss              word cells: k-means centroids of the word vectors (image ->
                                caption shortlist); absent for small caption sets
       images_pooled.faiss      one mean vector per image (cheap shortlist, optional)
@@ -20,8 +21,10 @@ verification. Nothing else reads or writes these files directly.
         word_offsets.npy       (m + 1,) int64 caption boundaries inside words.npy
         caption_pooled.npy     (m, d) float16 normalised mean word vector per caption
         word_codes.npy         (w,) int32 cell of each word vector (with words.faiss)
+        region_codes.npy       (v,) int32 cell of each region vector (with regions.faiss)
 
-FAISS ids are global positions: region vector i belongs to image region_owner[i]; word
+The stored vectors are the exact contents of the cells: FAISS holds only centroids.
+Region vector i (valid regions, image by image) belongs to image region_owner[i]; word
 vector j belongs to the caption whose global offsets bracket j.
 """
 
@@ -47,6 +50,7 @@ REGION_INDEX, WORD_INDEX = "regions.faiss", "words.faiss"
 IMAGE_POOLED_INDEX, CAPTION_POOLED_INDEX = "images_pooled.faiss", "captions_pooled.faiss"
 STORAGE_DTYPES = ("float16", "int8")
 WORD_CODES = "word_codes.npy"  # per word vector its cell in words.faiss
+REGION_CODES = "region_codes.npy"  # per region vector its cell in regions.faiss
 
 
 class IndexFormatError(ValueError):
@@ -146,7 +150,8 @@ class Segment:
     words: np.ndarray  # (w, d)
     word_scales: np.ndarray | None  # (w,)
     offsets: np.ndarray  # (m + 1,)
-    word_codes: np.ndarray | None  # (w,) IVF cells of the words, when the word index is IVF
+    word_codes: np.ndarray | None  # (w,) cells of the words, when the index has word cells
+    region_codes: np.ndarray | None  # (v,) cells of the region vectors, likewise
 
 
 def open_segment(directory: Path, storage: str) -> Segment:
@@ -164,6 +169,9 @@ def open_segment(directory: Path, storage: str) -> Segment:
         word_scales=load("word_scales.npy") if int8 else None,
         offsets=np.asarray(load("word_offsets.npy")),
         word_codes=np.asarray(load(WORD_CODES)) if (directory / WORD_CODES).exists() else None,
+        region_codes=(
+            np.asarray(load(REGION_CODES)) if (directory / REGION_CODES).exists() else None
+        ),
     )
 
 

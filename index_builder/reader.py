@@ -7,6 +7,7 @@ metadata store and are applied by the searcher."""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,18 @@ from model.scoring import FlatWords, Matching
 
 logger = logging.getLogger(__name__)
 
+EXACT_CACHE_BYTES = 256 << 20  # float32 copies up to this size make exact scans cheap
+
 
 class GalleryIndex:
     """Read side of an index directory. Thread-safe for concurrent searches."""
 
     def __init__(
-        self, path: Path | str, checkpoint_sha256: str | None = None, checksums: bool = True
+        self,
+        path: Path | str,
+        checkpoint_sha256: str | None = None,
+        checksums: bool = True,
+        cache_bytes: int = EXACT_CACHE_BYTES,
     ) -> None:
         self.path = Path(path)
         self.manifest = fmt.read_manifest(self.path)
@@ -47,8 +54,16 @@ class GalleryIndex:
         self.word_offsets = _global_offsets([s.offsets for s in self.segments])
         self.metadata = MetadataStore.open(self.path / fmt.METADATA)
         self.faiss = self._load_faiss()
-        self.word_codes, self.word_centroids = self._word_cells()
+        self.word_codes, self.word_centroids = self._cells("word", fmt.WORD_INDEX)
+        self.region_codes, self.region_centroids = self._cells("region", fmt.REGION_INDEX)
+        # start of each image's vectors in region_owner order (every count is >= 1)
+        self.region_starts = np.concatenate([[0], np.cumsum(self.counts)])
+        self._lock = threading.Lock()
+        self._image_cache: np.ndarray | None = None
+        self._word_cache: np.ndarray | None = None
         self.refresh_tombstones()
+        if cache_bytes:
+            self.warm(cache_bytes)
 
     def _load_faiss(self) -> dict[str, Any]:
         import faiss
@@ -62,14 +77,24 @@ class GalleryIndex:
             indexes[name] = index
         return indexes
 
-    def _word_cells(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Cell of every word and the cell centroids (words.faiss), when the index has them."""
-        if any(s.word_codes is None for s in self.segments) or fmt.WORD_INDEX not in self.faiss:
+    def _cells(self, kind: str, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Cell of every vector of one side and the cell centroids, when the index has them."""
+        codes = [getattr(seg, f"{kind}_codes") for seg in self.segments]
+        if any(c is None for c in codes) or name not in self.faiss:
             return None, None
-        cells = self.faiss[fmt.WORD_INDEX]
-        return np.concatenate([s.word_codes for s in self.segments]), cells.reconstruct_n(
-            0, cells.ntotal
-        )
+        cells = self.faiss[name]
+        return np.concatenate(codes), cells.reconstruct_n(0, cells.ntotal)
+
+    def warm(self, max_bytes: int = EXACT_CACHE_BYTES) -> None:
+        """Keep float32 copies of the stored vectors in RAM when they fit max_bytes, so
+        exact scans of small galleries skip dequantising the memory map every query."""
+        with self._lock:
+            image_bytes = self.num_images * self.num_regions * self.dim * 4
+            if self._image_cache is None and image_bytes <= max_bytes:
+                self._image_cache = self._read_images(np.arange(self.num_images))
+            word_bytes = int(self.word_offsets[-1]) * self.dim * 4
+            if self._word_cache is None and word_bytes <= max_bytes:
+                self._word_cache = self._read_words(np.arange(int(self.word_offsets[-1])))
 
     def refresh_tombstones(self) -> None:
         """Reload which rows are deleted (after `chan index delete`)."""
@@ -93,13 +118,19 @@ class GalleryIndex:
     def images(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored embeddings of image rows -> (C, K, d) float32 and (C,) counts."""
         rows = np.asarray(rows, dtype=np.int64)
+        cache = self._image_cache
+        block = cache[rows] if cache is not None else self._read_images(rows)
+        return torch.from_numpy(block), torch.from_numpy(self.counts[rows])
+
+    def _read_images(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
         for seg_index, positions, local in self._by_segment(rows, self._image_starts):
             seg = self.segments[seg_index]
-            order = np.argsort(local)  # sorted reads are kinder to the memory map
-            scales = None if seg.region_scales is None else seg.region_scales[local[order]]
-            out[positions[order]] = dequantize(seg.regions[local[order]], scales)
-        return torch.from_numpy(out), torch.from_numpy(self.counts[rows])
+            order = np.argsort(local, kind="stable")  # sorted reads suit the memory map
+            take = _as_slice(local[order])
+            scales = None if seg.region_scales is None else seg.region_scales[take]
+            out[positions[order]] = dequantize(seg.regions[take], scales)
+        return out
 
     def boxes(self, row: int) -> np.ndarray:
         """(K, 4) boxes of one image (fractions of its width and height)."""
@@ -109,26 +140,27 @@ class GalleryIndex:
     def captions(self, rows: np.ndarray) -> FlatWords:
         """Stored word vectors of caption rows, back to back in the given order."""
         rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.word_offsets[rows + 1] - self.word_offsets[rows]
-        positions = (
-            np.concatenate(
-                [np.arange(self.word_offsets[r], self.word_offsets[r + 1]) for r in rows]
-            )
-            if len(rows)
-            else np.zeros(0, np.int64)
-        )
-        vectors = self.word_vectors(positions)
+        starts = self.word_offsets[rows]
+        lengths = self.word_offsets[rows + 1] - starts
         offsets = np.concatenate([[0], np.cumsum(lengths)])
+        # every word position, vectorised: its caption's start plus its rank inside it
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        vectors = self.word_vectors(positions)
         return FlatWords(torch.from_numpy(vectors), torch.from_numpy(offsets))
 
     def word_vectors(self, positions: np.ndarray) -> np.ndarray:
         """Global flat word positions -> (n, d) float32."""
+        cache = self._word_cache
+        return cache[positions] if cache is not None else self._read_words(positions)
+
+    def _read_words(self, positions: np.ndarray) -> np.ndarray:
         word_starts = _starts([len(s.words) for s in self.segments])
         out = np.empty((len(positions), self.dim), np.float32)
         for seg_index, where, local in self._by_segment(positions, word_starts):
             seg = self.segments[seg_index]
-            scales = None if seg.word_scales is None else seg.word_scales[local]
-            out[where] = dequantize(seg.words[local], scales)
+            take = _as_slice(local)  # a contiguous run reads as one block
+            scales = None if seg.word_scales is None else seg.word_scales[take]
+            out[where] = dequantize(seg.words[take], scales)
         return out
 
     def caption_of_words(self, positions: np.ndarray) -> np.ndarray:
@@ -144,6 +176,13 @@ class GalleryIndex:
 
     def close(self) -> None:
         self.metadata.close()
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A sorted run of consecutive positions as a slice (one block read), else as is."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
 
 
 def _starts(sizes: list[int]) -> np.ndarray:

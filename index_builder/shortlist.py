@@ -1,10 +1,12 @@
-"""Vector-level search: FAISS shortlist + exact CHAN rerank, both directions.
+"""Vector-level search: approximate scores from cells, then exact CHAN scores.
 
-text -> images: every query word retrieves its nearest stored region vectors; their
-owners, ranked by a partial score (each word's best similarity seen, or the weakest
-similarity retrieved for that word when the owner was not among its neighbours), give C
-candidates; the exact hard-assignment score ranks those. image -> captions is the mirror
-image over stored word vectors. `exhaustive=True` scores every live item exactly."""
+Both directions work as late-interaction engines such as PLAID do. Every stored vector
+belongs to a k-means cell; a query vector's similarity to a stored one is first taken
+as its similarity to that vector's cell centroid. Pooled exactly like the model pools
+(each query word keeps an image's best region; each caption word keeps the query
+image's best region), this scores every item in a few array passes. The top C are then
+scored exactly from the stored vectors. Small galleries have no cells and are scored
+exactly throughout. `exhaustive=True` scores every live item exactly."""
 
 from __future__ import annotations
 
@@ -16,14 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from index_builder import format as fmt
 from index_builder.reader import GalleryIndex
 from model.checkpoint import LoadedCheckpoint
-from model.scoring import Matching, pool_words, score_image_query, score_text_query
+from model.scoring import Matching, score_image_query, score_text_query
 
 logger = logging.getLogger(__name__)
 
 EXHAUSTIVE_CHUNK_IMAGES = 2048  # images dequantised and scored per step of an exact scan
+CELL_SCAN_IMAGES = 8192  # images per block of the approximate cell scan
 EXHAUSTIVE_CHUNK_CAPTIONS = 16384
 FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
 
@@ -32,9 +34,8 @@ FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is s
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    probe_k: int = 64  # neighbours each query word retrieves from the region index
-    candidates: int = 100  # C: images reranked with the exact score (text -> image)
-    caption_candidates: int = 1000  # C for image -> caption (cheap captions, noisier cells)
+    candidates: int = 500  # C: images reranked with the exact score (text -> image)
+    caption_candidates: int = 1000  # C for image -> caption
 
 
 @dataclass
@@ -81,7 +82,7 @@ class VectorSearcher:
         live = live & self.index.live_images
         candidates = candidates or self.params.candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
-        if exhaustive or small or fmt.REGION_INDEX not in self.index.faiss:
+        if exhaustive or small or self.index.region_codes is None:
             rows = np.flatnonzero(live)
             return self._exact_images(words, rows, k, timings, exhaustive=True)
         started = time.perf_counter()
@@ -92,20 +93,19 @@ class VectorSearcher:
         return self._exact_images(words, rows, k, timings, exhaustive=False)
 
     def _shortlist_images(self, words: torch.Tensor, live: np.ndarray, candidates: int):
-        query = np.ascontiguousarray(words.numpy(), dtype=np.float32)
-        sims, ids = self.index.faiss[fmt.REGION_INDEX].search(query, self.params.probe_k)
-        found = ids >= 0
-        owners = self.index.region_owner[ids[found]]
-        word_of = np.nonzero(found)[0]
-        floor = _floor_per_row(sims, found)  # (L,) weakest similarity each word retrieved
-        unique, inverse = np.unique(owners, return_inverse=True)
-        partial = np.tile(floor[None, :], (len(unique), 1))
-        np.maximum.at(partial, (inverse, word_of), sims[found])
-        keep = live[unique]
-        unique, partial = unique[keep], partial[keep]
-        offsets = torch.tensor([0, partial.shape[1]])
-        pooled = pool_words(torch.from_numpy(partial), offsets, self.matching)[:, 0].numpy()
-        return unique[_top(pooled, candidates)]
+        """Approximate every image from region cells: a region's similarity to a query
+        word is its cell centroid's; each word keeps its image's best region, and the
+        words pool as the model pools. Image blocks bound the (L, vectors) temporary."""
+        cell_sims = words.numpy().astype(np.float32) @ self.index.region_centroids.T  # (L, C)
+        starts = self.index.region_starts
+        approx = np.empty(self.index.num_images, np.float64)
+        for a in range(0, self.index.num_images, CELL_SCAN_IMAGES):
+            b = min(self.index.num_images, a + CELL_SCAN_IMAGES)
+            codes = self.index.region_codes[starts[a] : starts[b]]
+            per_image = np.maximum.reduceat(cell_sims[:, codes], starts[a:b] - starts[a], axis=1)
+            approx[a:b] = _pool_rows(per_image.astype(np.float64), self.matching)
+        approx[~live] = -np.inf
+        return _top(approx, candidates)
 
     def _exact_images(
         self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
@@ -225,11 +225,15 @@ def _mask(rows: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-def _floor_per_row(sims: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """Per query vector, the weakest similarity it retrieved (its neighbours' cut-off)."""
-    masked = np.where(found, sims, np.inf)
-    floor = masked.min(axis=1)
-    return np.where(np.isfinite(floor), floor, -1.0).astype(np.float64)
+def _pool_rows(values: np.ndarray, matching: Matching) -> np.ndarray:
+    """(L, N) per-word values of N items -> (N,) pooled over the L query words."""
+    if matching.pooling == "lse":
+        t = matching.pooling_temperature
+        top = values.max(axis=0)
+        return np.log(np.exp((values - top) / t).sum(axis=0)) + top / t
+    if matching.pooling == "max":
+        return values.max(axis=0)
+    return values.mean(axis=0) if matching.pooling == "mean" else values.sum(axis=0)
 
 
 def _pool_segments(values: np.ndarray, offsets: np.ndarray, matching: Matching) -> np.ndarray:

@@ -68,7 +68,7 @@ def _check_arrays(index: GalleryIndex) -> list[str]:
 def _check_faiss(index: GalleryIndex) -> list[str]:
     counts = index.manifest["counts"]
     expected = {
-        fmt.REGION_INDEX: counts["region_vectors"],
+        fmt.REGION_INDEX: len(index.region_centroids) if index.region_centroids is not None else -1,
         fmt.WORD_INDEX: len(index.word_centroids) if index.word_centroids is not None else -1,
         fmt.IMAGE_POOLED_INDEX: counts["images"],
         fmt.CAPTION_POOLED_INDEX: counts["captions"],

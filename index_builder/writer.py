@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes all FAISS indexes together may take in RAM
 ADD_BATCH_VECTORS = 65_536  # vectors per faiss.add call (bounds the float32 copy)
-MAX_WORD_CELLS = 16_384  # more cells sharpen caption scores but cost k-means time
-WORD_CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
+MAX_CELLS = 16_384  # more cells sharpen approximate scores but cost k-means time
+CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class WriterSpec:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     factories: dict[str, str] = field(default_factory=dict)  # overrides: regions, words, ...
     pooled: bool = True  # also build one-vector-per-item indexes
-    word_cells: int | None = None  # k-means cells over words; None = policy (0 = none)
+    word_cells: int | None = None  # k-means cells over words; None = by size (0 = none)
+    region_cells: int | None = None  # k-means cells over regions; None = by size (0 = none)
     build: dict[str, Any] = field(default_factory=dict)  # parameters recorded in the manifest
 
     def __post_init__(self) -> None:
@@ -232,8 +233,9 @@ class IndexWriter:
             manifest["recall"] = measure_recall(self.work)
         names = [fmt.METADATA, *(f"{c}" for c in manifest["faiss"])]
         names += [f"{fmt.segment_name(0)}/{f}" for f in fmt.segment_files(self.spec.storage)]
-        if (self.seg / fmt.WORD_CODES).exists():
-            names.append(f"{fmt.segment_name(0)}/{fmt.WORD_CODES}")
+        for codes in (fmt.REGION_CODES, fmt.WORD_CODES):
+            if (self.seg / codes).exists():
+                names.append(f"{fmt.segment_name(0)}/{codes}")
         manifest["files"] = fmt.file_entries(self.work, names)
         fmt.write_manifest(self.work, manifest)
         (self.work / "state.json").unlink()
@@ -245,17 +247,23 @@ class IndexWriter:
         import faiss
 
         seg = fmt.open_segment(self.seg, self.spec.storage)
-        sources = {fmt.REGION_INDEX: (len(seg.owner), lambda pos: region_vectors(seg, pos))}
+        sources = {}
         if self.spec.pooled:
             pooled_images = np.load(self.seg / "image_pooled.npy", mmap_mode="r")
             pooled_caps = np.load(self.seg / "caption_pooled.npy", mmap_mode="r")
             sources[fmt.IMAGE_POOLED_INDEX] = (len(pooled_images), _rows_of(pooled_images))
             sources[fmt.CAPTION_POOLED_INDEX] = (len(pooled_caps), _rows_of(pooled_caps))
-        budget = self.spec.memory_budget_bytes // len(sources)
+        budget = self.spec.memory_budget_bytes // max(1, len(sources))
         choices = {}
-        words = self._build_word_cells(len(seg.words), lambda pos: word_vectors(seg, pos))
-        if words is not None:
-            choices[fmt.WORD_INDEX] = words
+        for name, kind, count, fetch, cells in (
+            (fmt.REGION_INDEX, "region", len(seg.owner), lambda pos: region_vectors(seg, pos),
+             self.spec.region_cells),
+            (fmt.WORD_INDEX, "word", len(seg.words), lambda pos: word_vectors(seg, pos),
+             self.spec.word_cells),
+        ):  # fmt: skip
+            choice = self._build_cells(kind, count, fetch, cells)
+            if choice is not None:
+                choices[name] = choice
         for name, (count, fetch) in sources.items():
             if count == 0:
                 continue
@@ -266,36 +274,35 @@ class IndexWriter:
             choices[name] = choice
         return choices
 
-    def _build_word_cells(self, count: int, fetch) -> IndexChoice | None:
-        """Word side, PLAID-style: k-means cells over the word vectors (words.faiss holds
-        the centroids) and each word's cell (word_codes.npy). The searcher scores every
-        caption from these in a few array passes; few words need no cells at all (an
-        exact scan of every caption is cheap)."""
+    def _build_cells(self, kind: str, count: int, fetch, cells: int | None) -> IndexChoice | None:
+        """PLAID-style cells for one side ("region" or "word"): k-means centroids of its
+        vectors (`{kind}s.faiss`) and each vector's cell (`{kind}_codes.npy`). The stored
+        fp16 / int8 vectors are the exact contents of the cells. The searcher scores
+        every item from the centroids in a few array passes, then the best exactly; a
+        side with few vectors needs no cells at all (scanning it exactly is cheap)."""
         import faiss
 
-        cells = self.spec.word_cells
         if cells is None and count > FLAT_MAX_VECTORS:
-            cells = min(ivf_list_count(count), MAX_WORD_CELLS)
+            cells = min(ivf_list_count(count), MAX_CELLS)
         if not cells:
-            logger.info("words: %d vectors, searched exactly (no cells needed)", count)
+            logger.info("%ss: %d vectors, searched exactly (no cells needed)", kind, count)
             return None
         if cells > count:
-            raise ValueError(f"{cells} word cells need at least as many word vectors ({count})")
+            raise ValueError(f"{cells} {kind} cells need at least as many vectors ({count})")
         sample = min(count, TRAIN_POINTS_PER_CENTROID * cells, MAX_TRAIN_VECTORS)
         positions = np.sort(np.random.default_rng(0).choice(count, sample, replace=False))
-        logger.info("words: %d cells trained on %d of %d vectors", cells, sample, count)
-        kmeans = faiss.Kmeans(self.spec.dim, cells, niter=WORD_CELL_ITERATIONS, spherical=True,
+        logger.info("%ss: %d cells trained on %d of %d vectors", kind, cells, sample, count)
+        kmeans = faiss.Kmeans(self.spec.dim, cells, niter=CELL_ITERATIONS, spherical=True,
                               seed=1, verbose=False)  # fmt: skip
         kmeans.train(np.ascontiguousarray(fetch(positions)))
         centroids = faiss.IndexFlatIP(self.spec.dim)
         centroids.add(kmeans.centroids)
-        faiss.write_index(centroids, str(self.work / fmt.WORD_INDEX))
-        write_word_codes(centroids, count, fetch, self.seg / fmt.WORD_CODES)
+        faiss.write_index(centroids, str(self.work / f"{kind}s.faiss"))
+        write_codes(centroids, count, fetch, self.seg / f"{kind}_codes.npy")
         return IndexChoice(
-            factory=f"Flat({cells} word cells)", metric="ip", train_vectors=sample,
+            factory=f"Flat({cells} {kind} cells)", metric="ip", train_vectors=sample,
             nprobe=None, ef_search=None, bytes_estimate=cells * self.spec.dim * 4 + count * 4,
-            reason=f"{count:,} word vectors: k-means cells + codes for centroid scoring of "
-            "every caption",
+            reason=f"{count:,} {kind} vectors: k-means cells + codes for centroid scoring",
         )  # fmt: skip
 
     def _choose(self, name: str, count: int, budget: int) -> IndexChoice:
@@ -411,8 +418,8 @@ def fill_index(
         index.add(np.ascontiguousarray(fetch(np.arange(start, stop))))
 
 
-def write_word_codes(centroids: Any, count: int, fetch, path: Path) -> None:
-    """The cell (nearest centroid) of every word vector: the searcher scores all captions
+def write_codes(centroids: Any, count: int, fetch, path: Path) -> None:
+    """The cell (nearest centroid) of every vector: the searcher scores all items
     approximately from cell centroids (see shortlist.py) before the exact rerank."""
     quantizer = centroids
     preallocate_npy(path, (count,), np.int32)

@@ -67,25 +67,21 @@ def test_manifest_describes_the_index(world, index_dir):
     assert manifest["counts"]["images"] == 14 and manifest["counts"]["captions"] == 70
     assert manifest["checkpoint"]["sha256"] == checkpoint_hash(world / "ckpt")
     assert manifest["extractor"]["name"] == "demo"
-    # few words: every caption is scored exactly, so the index has no word cells
-    assert set(manifest["faiss"]) == {
-        fmt.REGION_INDEX,
-        fmt.IMAGE_POOLED_INDEX,
-        fmt.CAPTION_POOLED_INDEX,
-    }
+    # a small gallery: every image and caption is scored exactly, so there are no cells
+    assert set(manifest["faiss"]) == {fmt.IMAGE_POOLED_INDEX, fmt.CAPTION_POOLED_INDEX}
     assert manifest["recall"]["text_to_image"]["queries"] == 10
     assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
     assert not (world / "idx.partial").exists()
 
 
-def test_shortlist_equals_exhaustive_when_candidates_cover_the_gallery(searcher):
+def test_small_galleries_are_scored_exactly(searcher):
     for text in ["a red circle and a blue square", "two black stars", "a small green cross"]:
         fast = searcher.search_images(text, k=5, candidates=14)
         exact = searcher.search_images(text, k=5, exhaustive=True)
         assert [h["image_id"] for h in fast["hits"]] == [h["image_id"] for h in exact["hits"]]
         np.testing.assert_allclose([h["score"] for h in fast["hits"]],
                                    [h["score"] for h in exact["hits"]], rtol=1e-5)  # fmt: skip
-        assert exact["exhaustive"] and not fast["exhaustive"]
+        assert exact["exhaustive"] and fast["exhaustive"]  # no cells: the exact scan decides
 
 
 def test_text_search_scores_equal_the_model_on_stored_vectors(world, searcher):
@@ -187,18 +183,24 @@ def test_interrupted_build_leaves_nothing_in_place_and_resumes(world, tmp_path, 
     assert GalleryIndex(tmp_path / "idx").num_images == 14
 
 
-def test_int8_and_forced_ivf(world, tmp_path, index_dir):
-    out = build(world, tmp_path / "ivf", storage="int8", factories={"regions": "IVF8,Flat"},
-                word_cells=8)  # fmt: skip
+def test_int8_and_forced_cells(world, tmp_path, index_dir):
+    out = build(world, tmp_path / "cells", storage="int8", region_cells=8, word_cells=8)
     manifest = fmt.read_manifest(out)
-    assert manifest["faiss"][fmt.REGION_INDEX]["factory"] == "IVF8,Flat"
+    assert manifest["faiss"][fmt.REGION_INDEX]["factory"] == "Flat(8 region cells)"
     assert manifest["faiss"][fmt.WORD_INDEX]["factory"] == "Flat(8 word cells)"
     assert (out / "seg000" / fmt.WORD_CODES).exists()
+    assert (out / "seg000" / fmt.REGION_CODES).exists()
     searcher = Searcher.open(out, world / "ckpt")
     fp16 = Searcher.open(index_dir, world / "ckpt")
+    # the cell path with C covering everything equals the exact scan
     query = searcher.search_captions(image_id="img000081", k=5, candidates=70)
     exact = searcher.search_captions(image_id="img000081", k=5, exhaustive=True)
     assert [h["row"] for h in query["hits"]] == [h["row"] for h in exact["hits"]]
+    assert not query["exhaustive"]
+    fast = searcher.search_images("a red circle and a blue square", k=5, candidates=14)
+    slow = searcher.search_images("a red circle and a blue square", k=5, exhaustive=True)
+    assert [h["row"] for h in fast["hits"]] == [h["row"] for h in slow["hits"]]
+    assert not fast["exhaustive"] and fast["candidates"] == 14
     a = searcher.search_images("a blue square", k=5, exhaustive=True)["hits"]
     b = fp16.search_images("a blue square", k=5, exhaustive=True)["hits"]
     assert abs(a[0]["score"] - b[0]["score"]) < 0.05  # int8 costs little precision
