@@ -18,7 +18,7 @@ from index_builder import format as fmt
 from index_builder.metadata import MetadataStore
 from index_builder.policy import apply_search_params
 from index_builder.writer import dequantize
-from model.scoring import FlatWords, Matching
+from model.scoring import FlatWords, Matching, fill_padded_regions
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class GalleryIndex:
         self.region_starts = np.concatenate([[0], np.cumsum(self.counts)])
         self._lock = threading.Lock()
         self._image_cache: np.ndarray | None = None
+        self._filled_cache: np.ndarray | None = None
         self._word_cache: np.ndarray | None = None
         self.refresh_tombstones()
         if cache_bytes:
@@ -90,8 +91,11 @@ class GalleryIndex:
         exact scans of small galleries skip dequantising the memory map every query."""
         with self._lock:
             image_bytes = self.num_images * self.num_regions * self.dim * 4
-            if self._image_cache is None and image_bytes <= max_bytes:
+            if self._image_cache is None and 2 * image_bytes <= max_bytes:
                 self._image_cache = self._read_images(np.arange(self.num_images))
+                counts = torch.from_numpy(self.counts)
+                filled = fill_padded_regions(torch.from_numpy(self._image_cache), counts)
+                self._filled_cache = filled.numpy()
             word_bytes = int(self.word_offsets[-1]) * self.dim * 4
             if self._word_cache is None and word_bytes <= max_bytes:
                 self._word_cache = self._read_words(np.arange(int(self.word_offsets[-1])))
@@ -121,6 +125,16 @@ class GalleryIndex:
         cache = self._image_cache
         block = cache[rows] if cache is not None else self._read_images(rows)
         return torch.from_numpy(block), torch.from_numpy(self.counts[rows])
+
+    def filled_images(self, rows: np.ndarray) -> torch.Tensor:
+        """Like images(), but padded slots hold a copy of the image's first region (which
+        cannot change a max), so the exact scorer needs no lengths and no mask. A
+        contiguous run of rows from the RAM copy is a view, not a copy."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._filled_cache is not None:
+            return torch.from_numpy(self._filled_cache[_as_slice(rows)])
+        regions, counts = self.images(rows)
+        return fill_padded_regions(regions, counts)
 
     def _read_images(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.num_regions, self.dim), np.float32)

@@ -35,7 +35,7 @@ class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
     candidates: int = 500  # C: images reranked with the exact score (text -> image)
-    caption_candidates: int = 1000  # C for image -> caption
+    caption_candidates: int = 2000  # C for image -> caption (captions are cheap to score)
 
 
 @dataclass
@@ -114,8 +114,9 @@ class VectorSearcher:
         step = EXHAUSTIVE_CHUNK_IMAGES
         scores = np.empty(len(rows), np.float32)
         for start in range(0, len(rows), step):
-            regions, counts = self.index.images(rows[start : start + step])
-            scores[start : start + step] = score_text_query(words, regions, counts, self.matching)
+            # padding already holds a copy of each image's first region, so no lengths
+            regions = self.index.filled_images(rows[start : start + step])
+            scores[start : start + step] = score_text_query(words, regions, None, self.matching)
         best = _top(scores, k)
         timings["rerank_ms" if not exhaustive else "exact_ms"] = _ms(started)
         return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
