@@ -133,8 +133,11 @@ class GalleryIndex:
         rows = np.asarray(rows, dtype=np.int64)
         if self._filled_cache is not None:
             return torch.from_numpy(self._filled_cache[_as_slice(rows)])
-        regions, counts = self.images(rows)
-        return fill_padded_regions(regions, counts)
+        block = self._read_images(rows)  # a fresh array: fill its padding in place
+        counts = self.counts[rows]
+        padded = np.arange(self.num_regions)[None, :] >= counts[:, None]  # (C, K)
+        block[padded] = np.repeat(block[:, 0], self.num_regions - counts, axis=0)
+        return torch.from_numpy(block)
 
     def _read_images(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
@@ -143,7 +146,12 @@ class GalleryIndex:
             order = np.argsort(local, kind="stable")  # sorted reads suit the memory map
             take = _as_slice(local[order])
             scales = None if seg.region_scales is None else seg.region_scales[take]
-            out[positions[order]] = dequantize(seg.regions[take], scales)
+            target = positions[order]
+            if scales is None and _as_slice(target) == slice(0, len(rows)):
+                # sorted rows, one segment: widen fp16 straight into the output
+                torch.from_numpy(out).copy_(torch.from_numpy(np.asarray(seg.regions[take])))
+            else:
+                out[target] = dequantize(seg.regions[take], scales)
         return out
 
     def boxes(self, row: int) -> np.ndarray:

@@ -34,7 +34,7 @@ FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is s
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int = 500  # C: images reranked with the exact score (text -> image)
+    candidates: int = 200  # C: images reranked with the exact score (text -> image)
     caption_candidates: int = 2000  # C for image -> caption (captions are cheap to score)
 
 
@@ -86,7 +86,7 @@ class VectorSearcher:
             rows = np.flatnonzero(live)
             return self._exact_images(words, rows, k, timings, exhaustive=True)
         started = time.perf_counter()
-        rows = self._shortlist_images(words, live, candidates)
+        rows = np.sort(self._shortlist_images(words, live, candidates))  # sorted reads
         timings["shortlist_ms"] = _ms(started)
         if len(rows) < min(k, int(live.sum())):  # tombstones or a filter emptied the list
             return self._exact_images(words, np.flatnonzero(live), k, timings, exhaustive=True)

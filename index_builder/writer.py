@@ -370,10 +370,14 @@ def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
-    """Stored rows -> float32 (fp16 is widened; int8 is multiplied by its scales)."""
-    if scales is None:
-        return np.asarray(codes, dtype=np.float32)
-    return codes.astype(np.float32) * np.asarray(scales, dtype=np.float32)[..., None]
+    """Stored rows -> float32 (fp16 is widened; int8 is multiplied by its scales).
+    torch converts (vectorised half -> float), several times faster than numpy's cast."""
+    import torch
+
+    block = torch.from_numpy(np.ascontiguousarray(codes)).to(torch.float32)
+    if scales is not None:
+        block *= torch.from_numpy(np.asarray(scales, dtype=np.float32))[..., None]
+    return block.numpy()
 
 
 def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:
