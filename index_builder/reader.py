@@ -17,7 +17,7 @@ import torch
 from index_builder import format as fmt
 from index_builder.metadata import MetadataStore
 from index_builder.policy import apply_search_params
-from index_builder.writer import dequantize
+from index_builder.writer import dequantize, read_only_tensor
 from model.scoring import FlatWords, Matching, fill_padded_regions
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class GalleryIndex:
             target = positions[order]
             if scales is None and _as_slice(target) == slice(0, len(rows)):
                 # sorted rows, one segment: widen fp16 straight into the output
-                torch.from_numpy(out).copy_(torch.from_numpy(np.asarray(seg.regions[take])))
+                torch.from_numpy(out).copy_(read_only_tensor(np.asarray(seg.regions[take])))
             else:
                 out[target] = dequantize(seg.regions[take], scales)
         return out

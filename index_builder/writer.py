@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -374,10 +375,20 @@ def dequantize(codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
     torch converts (vectorised half -> float), several times faster than numpy's cast."""
     import torch
 
-    block = torch.from_numpy(np.ascontiguousarray(codes)).to(torch.float32)
+    block = read_only_tensor(np.ascontiguousarray(codes)).to(torch.float32)
     if scales is not None:
         block *= torch.from_numpy(np.asarray(scales, dtype=np.float32))[..., None]
     return block.numpy()
+
+
+def read_only_tensor(array: np.ndarray):
+    """A tensor over an array that may be read-only (a memory-map slice) and is only
+    ever read: torch's warning about non-writable arrays does not apply."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:
