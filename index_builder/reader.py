@@ -147,7 +147,7 @@ class GalleryIndex:
             take = _as_slice(local[order])
             scales = None if seg.region_scales is None else seg.region_scales[take]
             target = positions[order]
-            if scales is None and _as_slice(target) == slice(0, len(rows)):
+            if scales is None and np.array_equal(target, np.arange(len(rows))):
                 # sorted rows, one segment: widen fp16 straight into the output
                 torch.from_numpy(out).copy_(read_only_tensor(np.asarray(seg.regions[take])))
             else:

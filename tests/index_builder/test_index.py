@@ -290,3 +290,22 @@ def test_bench_search_on_a_built_index_and_on_synthetic_vectors(world, index_dir
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     int8 = report["storage"]["int8"]
     assert int8["disk_bytes_per_image"] > 0 and 0 <= int8["image_to_text"]["recall_at_10"] <= 1
+
+
+def test_row_gathers_in_any_order_equal_single_reads(world, index_dir):
+    index = GalleryIndex(index_dir, cache_bytes=0)  # the memory-map path, no RAM copy
+    rows = np.array([7, 2, 11, 2, 0])
+    regions, counts = index.images(rows)
+    for i, row in enumerate(rows):
+        single, count = index.images(np.array([row]))
+        np.testing.assert_array_equal(regions[i].numpy(), single[0].numpy())
+        assert counts[i] == count[0]
+    filled = index.filled_images(rows).numpy()
+    for i in range(len(rows)):
+        n = int(counts[i])
+        np.testing.assert_array_equal(filled[i, :n], regions[i, :n].numpy())
+        assert (filled[i, n:] == regions[i, 0].numpy()).all()
+    words = index.captions(np.array([5, 1, 5]))
+    assert words.lengths.tolist() == [
+        int(index.word_offsets[r + 1] - index.word_offsets[r]) for r in (5, 1, 5)
+    ]
