@@ -34,7 +34,7 @@ FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is s
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int = 200  # C: images reranked with the exact score (text -> image)
+    candidates: int = 300  # C: images reranked with the exact score (text -> image)
     caption_candidates: int = 2000  # C for image -> caption (captions are cheap to score)
 
 
