@@ -107,8 +107,8 @@ def build_index(
         },
     )
     writer = IndexWriter(out, spec, gallery.counts[gallery.rows], lengths, options.overwrite)
-    _encode_images(loaded, gallery, writer, options.batch_size, progress)
-    _encode_captions(loaded, texts, writer, options.batch_size, progress)
+    encode_images(loaded, gallery, writer, options.batch_size, progress)
+    encode_captions(loaded, texts, writer, options.batch_size, progress)
 
     def measure(work: Path) -> dict[str, Any]:
         return measure_recall(work, options.recall_queries, options.seed)
@@ -288,14 +288,19 @@ def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def _encode_images(loaded, gallery: Gallery, writer: IndexWriter, batch: int, progress) -> None:
+def encode_images(
+    loaded, gallery: Gallery, writer: IndexWriter, batch: int, progress, base: int = 0
+) -> None:
+    """Encode the gallery's rows into writer rows base.., resuming after the rows the
+    writer already holds."""
     total = len(gallery.rows)
-    bar = tqdm(total=total, initial=writer.images_done, desc="encode images", unit="img",
+    done = max(0, writer.images_done - base)
+    bar = tqdm(total=total, initial=done, desc="encode images", unit="img",
                disable=progress is False)  # fmt: skip
     with bar:
-        for start in range(writer.images_done, total, batch):
+        for start in range(done, total, batch):
             rows = gallery.rows[start : start + batch]
-            writer.write_images(start, *encode_gallery_rows(loaded, gallery, rows))
+            writer.write_images(base + start, *encode_gallery_rows(loaded, gallery, rows))
             bar.update(len(rows))
 
 
@@ -314,13 +319,18 @@ def encode_gallery_rows(
 
 
 @torch.inference_mode()
-def _encode_captions(loaded, texts: list[str], writer: IndexWriter, batch: int, progress) -> None:
-    bar = tqdm(total=len(texts), initial=writer.captions_done, desc="encode captions",
-               unit="cap", disable=progress is False)  # fmt: skip
+def encode_captions(
+    loaded, texts: list[str], writer: IndexWriter, batch: int, progress, base: int = 0
+) -> None:
+    """Encode captions into writer captions base.., resuming like encode_images."""
+    done = max(0, writer.captions_done - base)
+    bar = tqdm(total=len(texts), initial=done, desc="encode captions", unit="cap",
+               disable=progress is False)  # fmt: skip
     with bar:
-        for start in range(writer.captions_done, len(texts), batch):
+        for start in range(done, len(texts), batch):
             emb, lens = loaded.encode_captions(texts[start : start + batch])
-            writer.write_captions(start, FlatWords.from_padded(emb, lens).vectors.numpy())
+            flat = FlatWords.from_padded(emb, lens).vectors.numpy()
+            writer.write_captions(base + start, flat)
             bar.update(len(lens))
 
 

@@ -187,28 +187,15 @@ def _records(index, images: np.ndarray, captions: np.ndarray):
 
 
 def _append_new(extra: _Extra, writer, image_records: list, caption_records: list, progress):
-    import torch
-
-    from index_builder.build import encode_gallery_rows
+    from index_builder.build import encode_captions, encode_images
     from index_builder.metadata import CaptionRecord, ImageRecord
-    from model.scoring import FlatWords
 
     base_images, base_captions = len(image_records), len(caption_records)
     gallery = extra.gallery
-    with torch.inference_mode():
-        if gallery is not None:
-            for start in range(0, len(gallery.rows), extra.batch):
-                rows = gallery.rows[start : start + extra.batch]
-                emb, boxes = encode_gallery_rows(extra.loaded, gallery, rows)
-                writer.write_images(base_images + start, emb, boxes)
-            image_records += [
-                ImageRecord(i, u) for i, u in zip(gallery.ids, gallery.uris, strict=True)
-            ]
-        for start in range(0, len(extra.texts), extra.batch):
-            emb, lens = extra.loaded.encode_captions(extra.texts[start : start + extra.batch])
-            writer.write_captions(
-                base_captions + start, FlatWords.from_padded(emb, lens).vectors.numpy()
-            )
+    if gallery is not None:
+        encode_images(extra.loaded, gallery, writer, extra.batch, progress, base=base_images)
+        image_records += [ImageRecord(i, u) for i, u in zip(gallery.ids, gallery.uris, strict=True)]
+    encode_captions(extra.loaded, extra.texts, writer, extra.batch, progress, base=base_captions)
     caption_records += [
         CaptionRecord(c.caption_id, c.text, c.image_id, c.metadata) for c in extra.captions
     ]

@@ -48,7 +48,7 @@ class GalleryIndex:
             fmt.open_segment(self.path / s["name"], self.storage) for s in self.manifest["segments"]
         ]
         self._image_starts = _starts([len(s.counts) for s in self.segments])
-        self._caption_starts = _starts([len(s.offsets) - 1 for s in self.segments])
+        self._word_starts = _starts([len(s.words) for s in self.segments])
         self.counts = np.concatenate([s.counts for s in self.segments]).astype(np.int64)
         self.region_owner = np.concatenate([s.owner for s in self.segments])
         self.word_offsets = _global_offsets([s.offsets for s in self.segments])
@@ -176,9 +176,8 @@ class GalleryIndex:
         return cache[positions] if cache is not None else self._read_words(positions)
 
     def _read_words(self, positions: np.ndarray) -> np.ndarray:
-        word_starts = _starts([len(s.words) for s in self.segments])
         out = np.empty((len(positions), self.dim), np.float32)
-        for seg_index, where, local in self._by_segment(positions, word_starts):
+        for seg_index, where, local in self._by_segment(positions, self._word_starts):
             seg = self.segments[seg_index]
             take = _as_slice(local)  # a contiguous run reads as one block
             scales = None if seg.word_scales is None else seg.word_scales[take]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,16 +111,11 @@ class VectorSearcher:
     def _exact_images(
         self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
     ) -> Ranking:
-        started = time.perf_counter()
-        step = EXHAUSTIVE_CHUNK_IMAGES
-        scores = np.empty(len(rows), np.float32)
-        for start in range(0, len(rows), step):
+        def score(chunk: np.ndarray) -> torch.Tensor:
             # padding already holds a copy of each image's first region, so no lengths
-            regions = self.index.filled_images(rows[start : start + step])
-            scores[start : start + step] = score_text_query(words, regions, None, self.matching)
-        best = _top(scores, k)
-        timings["rerank_ms" if not exhaustive else "exact_ms"] = _ms(started)
-        return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
+            return score_text_query(words, self.index.filled_images(chunk), None, self.matching)
+
+        return _rank_exactly(score, rows, EXHAUSTIVE_CHUNK_IMAGES, k, timings, exhaustive)
 
     # ------------------------------------------------------------------ image -> captions
 
@@ -161,15 +157,10 @@ class VectorSearcher:
     def _exact_captions(
         self, regions: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
     ) -> Ranking:
-        started = time.perf_counter()
-        step = EXHAUSTIVE_CHUNK_CAPTIONS
-        scores = np.empty(len(rows), np.float32)
-        for start in range(0, len(rows), step):
-            words = self.index.captions(rows[start : start + step])
-            scores[start : start + step] = score_image_query(regions, words, self.matching)
-        best = _top(scores, k)
-        timings["rerank_ms" if not exhaustive else "exact_ms"] = _ms(started)
-        return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            return score_image_query(regions, self.index.captions(chunk), self.matching)
+
+        return _rank_exactly(score, rows, EXHAUSTIVE_CHUNK_CAPTIONS, k, timings, exhaustive)
 
     # ------------------------------------------------------------------ model side
 
@@ -218,6 +209,24 @@ class VectorSearcher:
 
             self._extractor = load_extractor(spec)
         return self._extractor
+
+
+def _rank_exactly(
+    score: Callable[[np.ndarray], torch.Tensor],
+    rows: np.ndarray,
+    step: int,
+    k: int,
+    timings: dict,
+    exhaustive: bool,
+) -> Ranking:
+    """Exact scores of `rows`, step rows at a time, and the k best of them."""
+    started = time.perf_counter()
+    scores = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), step):
+        scores[start : start + step] = score(rows[start : start + step])
+    best = _top(scores, k)
+    timings["exact_ms" if exhaustive else "rerank_ms"] = _ms(started)
+    return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
 
 
 def _mask(rows: np.ndarray, size: int) -> np.ndarray:

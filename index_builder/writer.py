@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,8 +473,3 @@ def _move_into_place(work: Path, out: Path) -> None:
     os.replace(work, out)
     if old is not None:
         shutil.rmtree(old)
-
-
-def iter_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, size):
-        yield start, min(total, start + size)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from model.chan import CHANModel
 from model.data import PrecompSplit
+from model.inference import encode_flat
 from model.metrics import fold_metrics, retrieval_metrics
 from model.scoring import FlatWords
 from model.vocab import CaptionTokenizer
@@ -49,21 +50,17 @@ def encode_split(
     for start in tqdm(range(0, n_img, batch_size), desc="encode images", disable=progress is False):
         feats, counts = split.image_batch(np.arange(start, min(n_img, start + batch_size)))
         images.append(model.encode_images(feats.to(device), counts.to(device)).cpu())
-    pieces, lengths = [], []
-    for start in tqdm(
-        range(0, len(caps), batch_size), desc="encode captions", disable=progress is False
-    ):
-        ids, lens = tokenizer([split.captions[c] for c in caps[start : start + batch_size]])
-        emb = model.encode_texts(ids.to(device), lens.to(device)).cpu()
-        pieces.append(FlatWords.from_padded(emb, lens).vectors)
-        lengths.append(lens)
-    lens = torch.cat(lengths)
-    offsets = torch.nn.functional.pad(lens.cumsum(0), (1, 0))
+
+    def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, lens = tokenizer(captions)
+        return model.encode_texts(ids.to(device), lens.to(device)).cpu(), lens
+
+    words = encode_flat(encode, [split.captions[c] for c in caps], batch_size, progress)
     model.train(was_training)
     encoded = EncodedSplit(
         torch.cat(images),
         torch.from_numpy(split.counts[split.rows[:n_img]]),
-        FlatWords(torch.cat(pieces), offsets),
+        words,
     )
     return encoded, split.caption_image[caps]
 

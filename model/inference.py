@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +83,26 @@ def encode_captions(
     loaded: LoadedCheckpoint, captions: Sequence[str], batch_size: int = 128
 ) -> FlatWords:
     """Raw captions -> their valid word embeddings, back to back."""
+    return encode_flat(loaded.encode_captions, captions, batch_size)
+
+
+def encode_flat(
+    encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+    captions: Sequence[str],
+    batch_size: int = 128,
+    progress: bool | None = None,
+) -> FlatWords:
+    """Captions -> FlatWords, batch by batch; `encode` maps a list of captions to padded
+    word embeddings (B, L, d) and their lengths (B,)."""
     pieces, lengths = [], []
     for start in tqdm(
-        range(0, len(captions), batch_size), desc="encode captions", unit="batch", disable=None
+        range(0, len(captions), batch_size),
+        desc="encode captions",
+        unit="batch",
+        disable=None if progress is None else not progress,
     ):
-        emb, lens = loaded.encode_captions(list(captions[start : start + batch_size]))
-        flat = FlatWords.from_padded(emb, lens)
-        pieces.append(flat.vectors)
+        emb, lens = encode(list(captions[start : start + batch_size]))
+        pieces.append(FlatWords.from_padded(emb, lens).vectors)
         lengths.append(lens)
     lens = torch.cat(lengths)
     offsets = torch.nn.functional.pad(lens.cumsum(0), (1, 0))
