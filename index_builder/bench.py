@@ -10,6 +10,7 @@ words are noisy copies of its image's concepts plus shared "function words" (as 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget-gb", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2, help="torch / FAISS threads (2)")
     parser.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the indexes in --workdir and reuse them when the "
+        "parameters match (measure other search settings without a rebuild)",
+    )
+    parser.add_argument("--candidates", type=int, help="C, text -> image")
+    parser.add_argument("--caption-candidates", type=int, help="C, image -> caption")
+    parser.add_argument("--probes", type=int, help="region cells probed per query word")
+    parser.add_argument("--caption-probes", type=int, help="word cells probed per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="JSON of every figure, last line")
     parser.add_argument("--index", type=Path, help="measure this built index instead")
@@ -134,7 +145,35 @@ def build(world: World, out: Path, storage: str, budget: int) -> dict[str, Any]:
             "disk_bytes_per_image": round(size / args.images)}  # fmt: skip
 
 
-def measure(world: World, out: Path) -> dict[str, Any]:
+def search_params(args: argparse.Namespace) -> SearchParams:
+    """SearchParams defaults, with the knobs given on the command line."""
+    given = {name: getattr(args, name, None) for name in
+             ("candidates", "caption_candidates", "probes", "caption_probes")}  # fmt: skip
+    return SearchParams(**{name: value for name, value in given.items() if value is not None})
+
+
+def _build_key(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in BENCH_KEYS}
+
+
+def _reused(out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Build figures of a kept index built with the same parameters, else None."""
+    record = out.with_suffix(".build.json")
+    if not (out / "manifest.json").exists() or not record.exists():
+        return None
+    saved = json.loads(record.read_text())
+    if saved.get("key") != _build_key(args):
+        return None
+    logger.info("reusing %s (built with the same parameters)", out)
+    return saved["figures"] | {"reused": True}
+
+
+def _save_build(out: Path, args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    record = {"key": _build_key(args), "figures": figures}
+    out.with_suffix(".build.json").write_text(json.dumps(record))
+
+
+def measure(world: World, out: Path, params: SearchParams | None = None) -> dict[str, Any]:
     """Synthetic queries: fresh captions of random gallery images, and stored images."""
     args = world.args
     rss_before = _rss_bytes()
@@ -144,7 +183,8 @@ def measure(world: World, out: Path) -> dict[str, Any]:
     images = rng.integers(0, args.images, args.queries)
     text_queries = [torch.from_numpy(world.caption(int(i), 99)) for i in images]
     try:
-        result = measure_queries(index, text_queries, _stored_images(index, args.queries, rng))
+        images = _stored_images(index, args.queries, rng)
+        result = measure_queries(index, text_queries, images, params)
     finally:
         index.close()
     return {"ram_bytes_per_image": round(rss_index / args.images)} | result
@@ -156,12 +196,15 @@ def _stored_images(index: GalleryIndex, count: int, rng: np.random.Generator) ->
     return [regions[i, : int(counts[i])] for i in range(len(rows))]
 
 
-def measure_queries(index: GalleryIndex, text_queries: list, image_queries: list) -> dict:
+def measure_queries(
+    index: GalleryIndex, text_queries: list, image_queries: list, params: SearchParams | None
+) -> dict:
     """Latency of shortlist + rerank and of exhaustive search, and recall@10 of the
     first against the second, per direction."""
-    searcher = VectorSearcher(index, None, SearchParams())
+    searcher = VectorSearcher(index, None, params or SearchParams())
     result: dict[str, Any] = {
-        "faiss": {n: c["factory"] for n, c in index.manifest["faiss"].items()}
+        "faiss": {n: c["factory"] for n, c in index.manifest["faiss"].items()},
+        "search": dataclasses.asdict(searcher.params),
     }
     for name, queries, run in (
         ("text_to_image", text_queries, searcher.images_for_words),
@@ -201,7 +244,8 @@ def measure_existing(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         searcher.encode_text(text)
         encode.append(time.perf_counter() - started)
-    result = measure_queries(index, text_queries, _stored_images(index, args.queries, rng))
+    images = _stored_images(index, args.queries, rng)
+    result = measure_queries(index, text_queries, images, search_params(args))
     result["text_encode_p50_ms"] = _pct(encode, 50)
     m = index.manifest
     return {"index": str(args.index), "images": index.num_images, "regions": index.num_regions,
@@ -239,10 +283,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         for storage in args.storage:
             out = workdir / f"index-{storage}"
-            figures = build(world, out, storage, int(args.memory_budget_gb * (1 << 30)))
-            figures |= measure(world, out)
+            figures = _reused(out, args) if args.keep else None
+            if figures is None:
+                figures = build(world, out, storage, int(args.memory_budget_gb * (1 << 30)))
+                if args.keep:
+                    _save_build(out, args, figures)
+            figures |= measure(world, out, search_params(args))
             report["storage"][storage] = figures
-            shutil.rmtree(out, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

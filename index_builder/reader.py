@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from index_builder import format as fmt
+from index_builder.cells import InvertedLists
 from index_builder.metadata import MetadataStore
 from index_builder.policy import apply_search_params
 from index_builder.writer import dequantize, read_only_tensor
@@ -58,6 +59,16 @@ class GalleryIndex:
         self.region_codes, self.region_centroids = self._cells("region", fmt.REGION_INDEX)
         # start of each image's vectors in region_owner order (every count is >= 1)
         self.region_starts = np.concatenate([[0], np.cumsum(self.counts)])
+        self.region_lists = self.word_lists = None
+        if self.region_codes is not None:  # per cell, the images with a region in it
+            self.region_lists = InvertedLists.build(
+                self.region_codes, self.region_owner, len(self.region_centroids), unique=True
+            )
+        if self.word_codes is not None:  # per cell, the caption of each word in it
+            word_owner = np.repeat(np.arange(self.num_captions), np.diff(self.word_offsets))
+            self.word_lists = InvertedLists.build(
+                self.word_codes, word_owner, len(self.word_centroids), unique=False
+            )
         self._lock = threading.Lock()
         self._image_cache: np.ndarray | None = None
         self._filled_cache: np.ndarray | None = None

@@ -35,8 +35,11 @@ FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is s
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int = 300  # C: images reranked with the exact score (text -> image)
-    caption_candidates: int = 2000  # C for image -> caption (captions are cheap to score)
+    candidates: int = 200  # C: images reranked with the exact score (text -> image)
+    caption_candidates: int = 500  # C for image -> caption
+    probes: int = 24  # region cells probed per query word (text -> image)
+    caption_probes: int = 256  # word cells probed per query image (image -> caption)
+    refine: int = 4  # refine x C candidates get the centroid-interaction score
 
 
 @dataclass
@@ -94,19 +97,40 @@ class VectorSearcher:
         return self._exact_images(words, rows, k, timings, exhaustive=False)
 
     def _shortlist_images(self, words: torch.Tensor, live: np.ndarray, candidates: int):
-        """Approximate every image from region cells: a region's similarity to a query
-        word is its cell centroid's; each word keeps its image's best region, and the
-        words pool as the model pools. Image blocks bound the (L, vectors) temporary."""
-        cell_sims = words.numpy().astype(np.float32) @ self.index.region_centroids.T  # (L, C)
-        starts = self.index.region_starts
-        approx = np.empty(self.index.num_images, np.float64)
-        for a in range(0, self.index.num_images, CELL_SCAN_IMAGES):
-            b = min(self.index.num_images, a + CELL_SCAN_IMAGES)
-            codes = self.index.region_codes[starts[a] : starts[b]]
-            per_image = np.maximum.reduceat(cell_sims[:, codes], starts[a:b] - starts[a], axis=1)
-            approx[a:b] = _pool_rows(per_image.astype(np.float64), self.matching)
-        approx[~live] = -np.inf
-        return _top(approx, candidates)
+        """Candidates from region cells, in two approximations of the model's score.
+        1. Each query word probes its `probes` most similar cells; an image's value for
+           the word is its best probed cell's centroid similarity (or, when none of its
+           regions lies in a probed cell, the least probed one: an upper bound). Only
+           images met in the probed lists are considered: work grows with the lists,
+           not with the gallery.
+        2. The `refine` x C best of those are scored by centroid interaction over all
+           their regions (every region stands for its cell centroid), and the C best go
+           on to the exact score."""
+        index, params = self.index, self.params
+        cell_sims = words.numpy().astype(np.float32) @ index.region_centroids.T  # (L, cells)
+        probes = min(params.probes, cell_sims.shape[1])
+        probed = np.argpartition(-cell_sims, probes - 1, axis=1)[:, :probes]  # (L, P)
+        probed_sims = np.take_along_axis(cell_sims, probed, axis=1)
+        floor = probed_sims.min(axis=1)  # (L,)
+        items, source = index.region_lists.gather(probed.ravel())
+        keep = live[items]
+        items, source = items[keep], source[keep]
+        rows, local = _dense_ids(items, index.num_images)
+        best = torch.from_numpy(np.repeat(floor[:, None], len(rows), axis=1))  # (L, n)
+        flat = torch.from_numpy(source // probes * len(rows) + local)
+        values = torch.from_numpy(probed_sims.ravel()[source])
+        best.view(-1).scatter_reduce_(0, flat, values, "amax")
+        approx = _pool_rows(best.numpy().astype(np.float64), self.matching)
+        rows = rows[_top(approx, params.refine * candidates)]
+        if not len(rows):
+            return rows
+        # 2. centroid interaction over every region of the survivors
+        positions, segment_starts = _segments(index.region_starts, rows)
+        per_image = np.maximum.reduceat(
+            cell_sims[:, index.region_codes[positions]], segment_starts, axis=1
+        )
+        refined = _pool_rows(per_image.astype(np.float64), self.matching)
+        return rows[_top(refined, candidates)]
 
     def _exact_images(
         self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
@@ -144,15 +168,37 @@ class VectorSearcher:
         return self._exact_captions(regions, rows, k, timings, False)
 
     def _shortlist_captions(self, regions: torch.Tensor, live: np.ndarray, candidates: int):
-        """Approximate every caption from cell centroids, as late-interaction engines do:
-        a word's similarity is taken as its IVF cell centroid's best similarity to a
-        query region; pooled per caption, these rank all captions in a few array passes."""
+        """The mirror of _shortlist_images: a word cell's value is its centroid's best
+        similarity to any query region. 1. The `caption_probes` best cells are probed;
+        a caption's words in them take their cell's value, its other words the least
+        probed value (an upper bound), pooled as the model pools. 2. The `refine` x C
+        best captions are scored with every word's own cell value, and the C best go on
+        to the exact score."""
+        index, params = self.index, self.params
         query = regions.numpy().astype(np.float32)
-        cell_best = (query @ self.index.word_centroids.T).max(axis=0)  # (n_cells,)
-        per_word = cell_best[self.index.word_codes].astype(np.float64)  # (W,)
-        approx = _pool_segments(per_word, self.index.word_offsets, self.matching)
-        approx[~live] = -np.inf
-        return _top(approx, candidates)
+        cell_best = (query @ index.word_centroids.T).max(axis=0)  # (cells,)
+        probes = min(params.caption_probes, len(cell_best))
+        probed = np.argpartition(-cell_best, probes - 1)[:probes]
+        floor = float(cell_best[probed].min())
+        items, source = index.word_lists.gather(probed)
+        keep = live[items]
+        items, source = items[keep], source[keep]
+        rows, local = _dense_ids(items, index.num_captions)
+        lengths = np.diff(index.word_offsets)[rows]
+        hits = np.bincount(local, minlength=len(rows))
+        approx = _pool_with_floor(
+            cell_best[probed[source]].astype(np.float64), local, hits, lengths, floor,
+            self.matching,
+        )  # fmt: skip
+        rows = rows[_top(approx, params.refine * candidates)]
+        if not len(rows):
+            return rows
+        # 2. every word of the survivors at its own cell's value
+        positions, segment_starts = _segments(index.word_offsets, rows)
+        per_word = cell_best[index.word_codes[positions]].astype(np.float64)
+        offsets = np.append(segment_starts, len(positions))
+        refined = _pool_segments(per_word, offsets, self.matching)
+        return rows[_top(refined, candidates)]
 
     def _exact_captions(
         self, regions: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
@@ -255,6 +301,49 @@ def _pool_segments(values: np.ndarray, offsets: np.ndarray, matching: Matching) 
     if matching.pooling == "max":
         return np.maximum.reduceat(values, starts)
     total = np.add.reduceat(values, starts)
+    return total / lengths if matching.pooling == "mean" else total
+
+
+def _dense_ids(items: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids among `items` (ascending) and each item's position among them, in
+    O(len(items) + size) without sorting."""
+    present = np.bincount(items, minlength=size) > 0
+    distinct = np.flatnonzero(present)
+    position = np.zeros(size, np.int64)
+    position[distinct] = np.arange(len(distinct))
+    return distinct, position[items]
+
+
+def _segments(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vector positions of the given items (item r owns starts[r]:starts[r + 1]), item
+    after item, and where each item's run begins in that list."""
+    lo, sizes = starts[rows], starts[rows + 1] - starts[rows]
+    run_starts = np.cumsum(sizes) - sizes
+    positions = np.arange(int(sizes.sum())) - np.repeat(run_starts - lo, sizes)
+    return positions, run_starts
+
+
+def _pool_with_floor(
+    values: np.ndarray,
+    owner: np.ndarray,
+    hits: np.ndarray,
+    lengths: np.ndarray,
+    floor: float,
+    matching: Matching,
+) -> np.ndarray:
+    """Pooled score per item when `values` (owned by items `owner`) are known and the
+    item's other lengths - hits words are worth `floor`."""
+    n, misses = len(lengths), lengths - hits
+    if matching.pooling == "max":
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, owner, values)
+        return np.where(misses > 0, np.maximum(best, floor), best)
+    if matching.pooling == "lse":
+        t = matching.pooling_temperature
+        top = max(float(values.max(initial=floor)), floor)  # shift: exp never overflows
+        total = np.bincount(owner, np.exp((values - top) / t), minlength=n)
+        return np.log(total + misses * np.exp((floor - top) / t)) + top / t
+    total = np.bincount(owner, values, minlength=n) + misses * floor
     return total / lengths if matching.pooling == "mean" else total
 
 

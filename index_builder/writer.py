@@ -24,11 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from index_builder import format as fmt
+from index_builder.cells import train_centroids, write_codes
 from index_builder.metadata import CaptionRecord, ImageRecord, MetadataStore
 from index_builder.policy import (
     FLAT_MAX_VECTORS,
     MAX_TRAIN_VECTORS,
-    TRAIN_POINTS_PER_CENTROID,
     IndexChoice,
     choose_index_key,
     ivf_list_count,
@@ -42,8 +42,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes all FAISS indexes together may take in RAM
 ADD_BATCH_VECTORS = 65_536  # vectors per faiss.add call (bounds the float32 copy)
-MAX_CELLS = 16_384  # more cells sharpen approximate scores but cost k-means time
+# More cells sharpen approximate scores but cost assignment time (vectors x cells x d):
+# 4,096 cells keep 100,000 images x 36 regions x d=1024 at about two minutes.
+MAX_CELLS = 4096
 CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
+CELL_TRAIN_POINTS = 32  # k-means sample per cell
 
 
 @dataclass(frozen=True)
@@ -277,9 +280,8 @@ class IndexWriter:
 
     def _build_cells(self, kind: str, count: int, fetch, cells: int | None) -> IndexChoice | None:
         """PLAID-style cells for one side ("region" or "word"): k-means centroids of its
-        vectors (`{kind}s.faiss`) and each vector's cell (`{kind}_codes.npy`). The stored
-        fp16 / int8 vectors are the exact contents of the cells. The searcher scores
-        every item from the centroids in a few array passes, then the best exactly; a
+        vectors (`{kind}s.faiss`) and each vector's cell (`{kind}_codes.npy`), see
+        cells.py. The stored fp16 / int8 vectors are the exact contents of the cells. A
         side with few vectors needs no cells at all (scanning it exactly is cheap)."""
         import faiss
 
@@ -290,16 +292,16 @@ class IndexWriter:
             return None
         if cells > count:
             raise ValueError(f"{cells} {kind} cells need at least as many vectors ({count})")
-        sample = min(count, TRAIN_POINTS_PER_CENTROID * cells, MAX_TRAIN_VECTORS)
+        sample = min(count, CELL_TRAIN_POINTS * cells, MAX_TRAIN_VECTORS)
         positions = np.sort(np.random.default_rng(0).choice(count, sample, replace=False))
         logger.info("%ss: %d cells trained on %d of %d vectors", kind, cells, sample, count)
-        kmeans = faiss.Kmeans(self.spec.dim, cells, niter=CELL_ITERATIONS, spherical=True,
-                              seed=1, verbose=False)  # fmt: skip
-        kmeans.train(np.ascontiguousarray(fetch(positions)))
-        centroids = faiss.IndexFlatIP(self.spec.dim)
-        centroids.add(kmeans.centroids)
-        faiss.write_index(centroids, str(self.work / f"{kind}s.faiss"))
+        started = time.perf_counter()
+        centroids = train_centroids(fetch(positions), cells, CELL_ITERATIONS, seed=1)
+        index = faiss.IndexFlatIP(self.spec.dim)
+        index.add(centroids)
+        faiss.write_index(index, str(self.work / f"{kind}s.faiss"))
         write_codes(centroids, count, fetch, self.seg / f"{kind}_codes.npy")
+        logger.info("%s cells: %.1f s", kind, time.perf_counter() - started)
         return IndexChoice(
             factory=f"Flat({cells} {kind} cells)", metric="ip", train_vectors=sample,
             nprobe=None, ef_search=None, bytes_estimate=cells * self.spec.dim * 4 + count * 4,
@@ -431,18 +433,6 @@ def fill_index(
     ):
         stop = min(count, start + ADD_BATCH_VECTORS)
         index.add(np.ascontiguousarray(fetch(np.arange(start, stop))))
-
-
-def write_codes(centroids: Any, count: int, fetch, path: Path) -> None:
-    """The cell (nearest centroid) of every vector: the searcher scores all items
-    approximately from cell centroids (see shortlist.py) before the exact rerank."""
-    quantizer = centroids
-    preallocate_npy(path, (count,), np.int32)
-    with RowWriter(path) as writer:
-        for start in range(0, count, ADD_BATCH_VECTORS):
-            stop = min(count, start + ADD_BATCH_VECTORS)
-            _, cells = quantizer.search(np.ascontiguousarray(fetch(np.arange(start, stop))), 1)
-            writer.write(start, cells[:, 0].astype(np.int32))
 
 
 def override_choice(choice: IndexChoice, factory: str, count: int) -> IndexChoice:
