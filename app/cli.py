@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     """The full `chan` parser; subcommand modules are imported here, their heavy
     dependencies only when a command runs."""
+    from app import cli_serve
     from index_builder import cli as index_cli
     from model import cli as model_cli
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_cli.add_subcommands(subparsers)
     index_cli.add_subcommands(subparsers)
+    cli_serve.add_subcommands(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks that print side-by-side ratios")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     model_cli.add_bench_subcommands(bench_sub)

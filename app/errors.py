@@ -1,0 +1,85 @@
+"""Every error the service answers is JSON `{"error": {"code", "message"}}` with a 4xx
+for anything a client can cause; a 5xx means a bug or an unavailable index."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.service import NotReady, Overloaded
+from index_builder.searcher import UnknownIdError
+from model.images import ImageError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """A client error with its HTTP status, a stable code and a message saying what to fix."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers=None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors -> HTTP: ValueError / ImageError 400 (422 for schema violations),
+    UnknownIdError 404, Overloaded 503 + Retry-After, NotReady 503."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", describe_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(ImageError)
+    async def _image(_: Request, exc: ImageError):
+        return error_response(400, "bad_image", str(exc))
+
+    @app.exception_handler(UnknownIdError)
+    async def _unknown(_: Request, exc: UnknownIdError):
+        return error_response(404, "unknown_id", str(exc))
+
+    @app.exception_handler(ValueError)
+    async def _value(_: Request, exc: ValueError):
+        return error_response(400, "bad_request", str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return error_response(503, "overloaded", f"{exc}; retry shortly", headers)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return error_response(503, "not_ready", str(exc), headers)
+
+
+def describe_validation(errors: list[dict]) -> str:
+    """pydantic's error list -> one readable line: `body.k: Input should be ... (got 0)`."""
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        message = error.get("msg", "invalid")
+        if "input" in error and error.get("type") != "missing":
+            shown = repr(error["input"])
+            message += f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts) or "invalid request"

@@ -1,0 +1,121 @@
+"""Request and response bodies of the `/v1` API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Filter values: metadata `key: value` (dotted keys reach into nested metadata); a list
+# matches any of its values.
+Scalar = str | int | float | bool
+FilterValue = Scalar | list[Scalar]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchOptions(_Body):
+    k: int = Field(10, ge=1, description="results to return")
+    candidates: int | None = Field(None, ge=1, description="shortlist size C (default: index)")
+    explain: bool = Field(False, description="per query word, the region that won its max")
+    exhaustive: bool = Field(False, description="score every item exactly (small galleries)")
+    filter: dict[str, FilterValue] | None = Field(
+        None, description='metadata filter, e.g. {"split": "test", "tags": ["a", "b"]}'
+    )
+
+
+class ImageSearchRequest(SearchOptions):
+    text: str = Field(min_length=1, description="the query text")
+
+
+class CaptionSearchRequest(SearchOptions):
+    image_id: str = Field(min_length=1, max_length=512, description="a gallery image id")
+
+
+class ScoreRequest(_Body):
+    text: str = Field(min_length=1)
+    image_id: str = Field(min_length=1, max_length=512)
+
+
+class WordMatch(BaseModel):
+    token: str
+    region: int = Field(description="index of the region that won this word's max")
+    similarity: float
+    box: list[float] | None = Field(description="x0, y0, x1, y1 as fractions of the image")
+
+
+class ImageHit(BaseModel):
+    rank: int
+    score: float
+    image_id: str
+    uri: str | None
+    image_url: str
+    thumbnail_url: str
+    metadata: dict[str, Any]
+    explain: list[WordMatch] | None = None
+
+
+class CaptionHit(BaseModel):
+    rank: int
+    score: float
+    caption_id: str
+    text: str
+    image_id: str | None
+    metadata: dict[str, Any]
+    explain: list[WordMatch] | None = None
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    encode_ms: float
+    total_ms: float
+    shortlist_ms: float | None = None
+    rerank_ms: float | None = None
+    exact_ms: float | None = None
+
+
+class ImageSearchResponse(BaseModel):
+    hits: list[ImageHit]
+    tokens: list[str]
+    timings_ms: Timings
+    candidates: int = Field(description="items scored exactly")
+    exhaustive: bool
+
+
+class CaptionSearchResponse(BaseModel):
+    hits: list[CaptionHit]
+    query_boxes: list[list[float]] | None
+    timings_ms: Timings
+    candidates: int
+    exhaustive: bool
+
+
+class ScoreResponse(BaseModel):
+    score: float
+    alignment: list[WordMatch]
+    query_boxes: list[list[float]] | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why}
+    for status, why in (
+        (400, "the request is well-formed but cannot be served as asked"),
+        (401, "the API key is missing or wrong"),
+        (404, "unknown image or caption id"),
+        (413, "the upload is too large"),
+        (415, "unsupported content type"),
+        (422, "the body does not match the schema"),
+        (503, "overloaded or not ready: retry after `Retry-After` seconds"),
+    )
+}

@@ -1,0 +1,133 @@
+"""The service's state: the loaded searcher, a bounded executor for inference, and the
+swap to a newly built index. No web framework here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.settings import Settings
+from index_builder.searcher import Searcher
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Overloaded(RuntimeError):
+    """Every inference slot and queue place is taken: the client should retry later."""
+
+
+class NotReady(RuntimeError):
+    """The model or the index is not loaded (yet)."""
+
+
+class BoundedExecutor:
+    """A thread pool that refuses work instead of queueing without limit: at most
+    `threads` jobs run and `queue_size` wait; one more raises Overloaded at once."""
+
+    def __init__(self, threads: int, queue_size: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chan-search")
+        self._slots = threading.BoundedSemaphore(threads + queue_size)
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Jobs running or waiting."""
+        return self._pending
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded("the search queue is full")
+        with self._lock:
+            self._pending += 1
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._release()
+            raise
+        # the slot frees when the job ends, even if the client went away first
+        future.add_done_callback(lambda _: self._release())
+        return await asyncio.wrap_future(future)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+        self._slots.release()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded index + model pair; requests hold on to the one they started with."""
+
+    searcher: Searcher
+    index_path: Path
+    checkpoint_path: Path
+    loaded_at: float
+    load_seconds: float
+
+
+class SearchService:
+    """Owns the current Loaded pair. `reload` builds a new pair off to the side and swaps
+    it in; requests in flight finish on the pair they started with."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = BoundedExecutor(settings.inference_threads, settings.queue_size)
+        self._current: Loaded | None = None
+        self._reload_lock = threading.Lock()
+        self.error: str | None = None  # why the last load failed, for /readyz
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current(self) -> Loaded:
+        if self._current is None:
+            raise NotReady(self.error or "the index is still loading")
+        return self._current
+
+    def load(self, index: Path | None = None, checkpoint: Path | None = None) -> Loaded:
+        """Open an index (default: the configured one) with its checkpoint and make it
+        current. Raises on any problem and leaves the previous pair serving."""
+        index = index or self.settings.index
+        with self._reload_lock:
+            started = time.perf_counter()
+            checkpoint = checkpoint or self._checkpoint_for(index)
+            try:
+                searcher = Searcher.open(index, checkpoint, checksums=self.settings.checksums)
+            except Exception as exc:
+                self.error = f"loading {index} failed: {exc}"
+                raise
+            loaded = Loaded(searcher, Path(index), Path(checkpoint), time.time(),
+                            round(time.perf_counter() - started, 3))  # fmt: skip
+            self._current, self.error = loaded, None
+            logger.info("serving %s (%d images, %d captions) with %s, loaded in %.1f s", index,
+                        searcher.index.num_images, searcher.index.num_captions, checkpoint,
+                        loaded.load_seconds)  # fmt: skip
+            return loaded
+
+    def _checkpoint_for(self, index: Path) -> Path:
+        if self.settings.checkpoint is not None:
+            return self.settings.checkpoint
+        from index_builder import format as fmt
+
+        recorded = fmt.read_manifest(Path(index))["checkpoint"].get("path")
+        if not recorded:
+            raise ValueError(f"{index} names no checkpoint path: set CHAN_CHECKPOINT")
+        return Path(recorded)
+
+    def close(self) -> None:
+        self.executor.shutdown()

@@ -1,0 +1,62 @@
+"""Service settings: `CHAN_*` environment variables, overridden by `chan serve` flags,
+validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Limits protect the process from what any
+    client can send; every one of them answers a 4xx that names the limit."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAN_", extra="forbid", frozen=True)
+
+    index: Path = Field(description="index directory built by `chan index build`")
+    checkpoint: Path | None = Field(
+        None, description="checkpoint directory (default: the one the index manifest names)"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    workers: int = Field(1, ge=1, le=64, description="server processes (each loads the index)")
+    torch_threads: int = Field(2, ge=1, le=256, description="threads of each torch product")
+    inference_threads: int = Field(1, ge=1, le=64, description="searches run at once")
+    queue_size: int = Field(32, ge=1, description="searches waiting before 503 + Retry-After")
+    api_key: SecretStr | None = Field(
+        None, description="when set, every route but /healthz, /readyz and / needs it "
+        "(header `X-API-Key` or `Authorization: Bearer`)",
+    )  # fmt: skip
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins (comma-separated in the env)"
+    )
+    max_text_chars: int = Field(1000, ge=1, description="longest query text")
+    max_k: int = Field(100, ge=1, le=1000, description="most results per query")
+    max_candidates: int = Field(5000, ge=1, description="largest shortlist a client may ask")
+    max_upload_bytes: int = Field(10 << 20, ge=1024, description="largest image upload")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest upload in pixels")
+    exhaustive_max_images: int = Field(
+        20_000, ge=0, description="`exhaustive` is allowed only up to this gallery size"
+    )
+    image_root: Path | None = Field(
+        None, description="folder that relative image paths of the index are read from"
+    )
+    checksums: bool = Field(True, description="verify index checksums when loading")
+    log_json: bool = Field(False, description="one JSON object per log line")
+
+    @field_validator("index")
+    @classmethod
+    def _index_exists(cls, value: Path) -> Path:
+        if not (value / "manifest.json").is_file():
+            raise ValueError(f"{value} is not an index directory (no manifest.json)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):  # CHAN_CORS_ORIGINS="https://a,https://b"
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value

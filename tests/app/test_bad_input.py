@@ -1,0 +1,251 @@
+"""Everything a client can send wrong gets a 4xx JSON error that says what to fix;
+never a 5xx."""
+
+import asyncio
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+from app.service import BoundedExecutor, Overloaded
+from tests.app.conftest import make_client
+from tests.model.test_images import bomb_png
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def _upload(data: bytes, kind: str = "image/jpeg") -> dict:
+    return {"files": {"file": ("q", data, kind)}, "data": {"k": "3"}}
+
+
+BAD = [  # (name, method, path, request kwargs, status, words in the message)
+    ("empty text", "post", "/v1/search/images", {"json": {"text": ""}}, 422, "text"),
+    ("blank text", "post", "/v1/search/images", {"json": {"text": "   "}}, 422, "word"),
+    (
+        "1 MB text",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a" * (1 << 20)}},
+        422,
+        "at most 1000",
+    ),
+    ("k=0", "post", "/v1/search/images", {"json": {"text": "a", "k": 0}}, 422, "k"),
+    (
+        "k=10**6",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a", "k": 10**6}},
+        422,
+        "at most 100",
+    ),
+    (
+        "huge candidates",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a", "candidates": 10**9}},
+        422,
+        "candidates",
+    ),
+    ("unknown field", "post", "/v1/search/images", {"json": {"text": "a", "kk": 1}}, 422, "kk"),
+    ("text not a string", "post", "/v1/search/images", {"json": {"text": ["a"]}}, 422, "text"),
+    (
+        "bad filter key",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a", "filter": {"a b;": 1}}},
+        400,
+        "metadata key",
+    ),
+    (
+        "malformed JSON",
+        "post",
+        "/v1/search/images",
+        {"content": b"{nope", "headers": {"content-type": "application/json"}},
+        422,
+        "json",
+    ),
+    (
+        "malformed JSON (captions)",
+        "post",
+        "/v1/search/captions",
+        {"content": b"{nope", "headers": {"content-type": "application/json"}},
+        400,
+        "JSON",
+    ),
+    ("JSON array", "post", "/v1/search/captions", {"json": [1, 2]}, 422, "object"),
+    (
+        "wrong content type",
+        "post",
+        "/v1/search/captions",
+        {"content": b"x", "headers": {"content-type": "text/plain"}},
+        415,
+        "multipart",
+    ),
+    (
+        "non-image upload",
+        "post",
+        "/v1/search/captions",
+        _upload(b"hello, not an image"),
+        400,
+        "not a JPEG",
+    ),
+    ("truncated JPEG", "post", "/v1/search/captions", _upload(_jpeg()[:1200]), 400, "truncated"),
+    (
+        "30000 x 30000 PNG",
+        "post",
+        "/v1/search/captions",
+        _upload(bomb_png(30000, 30000), "image/png"),
+        400,
+        "pixels",
+    ),
+    (
+        "upload type",
+        "post",
+        "/v1/search/captions",
+        _upload(_jpeg(), "application/pdf"),
+        415,
+        "image/jpeg",
+    ),
+    ("empty upload", "post", "/v1/search/captions", _upload(b""), 400, "empty"),
+    (
+        "form without file",
+        "post",
+        "/v1/search/captions",
+        {"data": {"k": "3"}, "files": {"other": ("x", b"x", "text/plain")}},
+        422,
+        "only `file`",
+    ),
+    (
+        "bad form k",
+        "post",
+        "/v1/search/captions",
+        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"k": "many"}},
+        422,
+        "k",
+    ),
+    (
+        "unknown image id",
+        "post",
+        "/v1/search/captions",
+        {"json": {"image_id": "ghost"}},
+        404,
+        "ghost",
+    ),
+    (
+        "unknown id (score)",
+        "post",
+        "/v1/score",
+        {"json": {"text": "a", "image_id": "ghost"}},
+        404,
+        "ghost",
+    ),
+    (
+        "score without text",
+        "post",
+        "/v1/score",
+        {"files": {"file": ("q", _jpeg(), "image/jpeg")}},
+        422,
+        "text",
+    ),
+    ("unknown image file", "get", "/v1/images/ghost", {}, 404, "ghost"),
+    ("../ in id", "get", "/v1/images/..%2F..%2Fetc%2Fpasswd", {}, 404, "not in the index"),
+    ("dot-dot path", "get", "/v1/images/../../etc/passwd", {}, 404, ""),
+    ("thumbnail size", "get", "/v1/images/x", {"params": {"size": 100000}}, 422, "size"),
+    ("unknown route", "get", "/v1/nothing", {}, 404, ""),
+    ("wrong method", "get", "/v1/search/images", {}, 405, ""),
+    ("reload without key configured", "post", "/v1/admin/reload", {}, 403, "CHAN_API_KEY"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "path", "kwargs", "status", "words"), BAD,
+                         ids=[case[0] for case in BAD])  # fmt: skip
+def test_bad_input_gets_a_4xx_that_says_what_to_fix(client, name, method, path, kwargs, status,
+                                                    words):  # fmt: skip
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] and words.lower() in error["message"].lower()
+
+
+def test_the_service_still_answers_after_bad_input(client):
+    for _, method, path, kwargs, _, _ in BAD:
+        getattr(client, method)(path, **kwargs)
+    assert client.post("/v1/search/images", json={"text": "a red circle"}).status_code == 200
+
+
+def test_oversized_and_unsized_uploads_are_refused_before_reading(gallery):
+    with make_client(gallery, max_upload_bytes=4096) as small:
+        big = small.post("/v1/search/captions", **_upload(b"\xff" * 200_000))
+        assert big.status_code == 413 and "4,096" in big.json()["error"]["message"]
+        just_over = small.post("/v1/search/captions", **_upload(_jpeg() + b"\0" * 5000))
+        assert just_over.status_code == 413
+
+
+def test_api_key_guards_everything_but_health(gallery):
+    with make_client(gallery, api_key="s3cret") as guarded:
+        missing = guarded.post("/v1/search/images", json={"text": "a circle"})
+        assert missing.status_code == 401 and "missing" in missing.json()["error"]["message"]
+        wrong = guarded.get("/v1/info", headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401 and "wrong" in wrong.json()["error"]["message"]
+        assert guarded.get("/healthz").status_code == 200
+        assert guarded.get("/readyz").status_code == 200
+        assert guarded.get("/").status_code == 200  # the page asks for the key itself
+        assert guarded.get("/metrics").status_code == 401
+        ok = guarded.get("/v1/info", headers={"X-API-Key": "s3cret"})
+        bearer = guarded.get("/v1/info", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and bearer.status_code == 200
+        guarded.cookies.set("chan_api_key", "s3cret")
+        assert guarded.get("/v1/info").status_code == 200
+        reloaded = guarded.post("/v1/admin/reload", json={})
+        assert reloaded.status_code == 200 and reloaded.json()["reloaded"] is True
+        failed = guarded.post("/v1/admin/reload", json={"index": str(gallery / "nothing")})
+        assert failed.status_code == 409 and "previous index" in failed.json()["error"]["message"]
+        assert guarded.post("/v1/search/images", json={"text": "a"}).status_code == 200
+
+
+def test_exhaustive_is_limited_by_gallery_size(gallery):
+    with make_client(gallery, exhaustive_max_images=5) as limited:
+        response = limited.post("/v1/search/images", json={"text": "a", "exhaustive": True})
+        assert response.status_code == 400 and "up to 5 images" in response.json()["error"][
+            "message"]  # fmt: skip
+    with make_client(gallery) as default:
+        exact = default.post("/v1/search/images", json={"text": "a", "exhaustive": True})
+        assert exact.status_code == 200 and exact.json()["exhaustive"] is True
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    executor = BoundedExecutor(threads=1, queue_size=1)
+    release = threading.Event()
+
+    async def scenario():
+        running = asyncio.ensure_future(executor.run(release.wait, 5))
+        waiting = asyncio.ensure_future(executor.run(release.wait, 5))
+        await asyncio.sleep(0.05)
+        assert executor.pending == 2
+        with pytest.raises(Overloaded):
+            await executor.run(release.wait, 5)
+        release.set()
+        await asyncio.gather(running, waiting)
+        assert executor.pending == 0
+        assert await executor.run(lambda: 7) == 7  # slots come back
+
+    asyncio.run(scenario())
+    executor.shutdown()
+
+
+def test_overloaded_service_maps_to_503(gallery, monkeypatch):
+    with make_client(gallery) as busy:
+        service = busy.app.state.service
+
+        async def refuse(*args, **kwargs):
+            raise Overloaded("the search queue is full")
+
+        monkeypatch.setattr(service.executor, "run", refuse)
+        response = busy.post("/v1/search/images", json={"text": "a circle"})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "retry" in response.json()["error"]["message"]
