@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

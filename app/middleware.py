@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -53,7 +54,7 @@ def _check_api_key(request: Request, api_key):
     path = request.url.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return None
-    given = request.headers.get("x-api-key") or request.cookies.get(API_KEY_COOKIE, "")
+    given = request.headers.get("x-api-key") or unquote(request.cookies.get(API_KEY_COOKIE, ""))
     auth = request.headers.get("authorization", "")
     if not given and auth.lower().startswith("bearer "):
         given = auth[7:].strip()

@@ -71,8 +71,17 @@ function showTimings(node, data) {
   node.hidden = !node.textContent;
 }
 
+/** Ask for the API key once a route answers 401; the cookie also authorises thumbnails. */
+function askForApiKey() {
+  const key = window.prompt('This service needs an API key:');
+  if (!key) return false;
+  document.cookie = `chan_api_key=${encodeURIComponent(key.trim())}; path=/; SameSite=Strict`;
+  return true;
+}
+
 /** Fetch JSON; failures throw an Error whose message is fit to show the user. */
-async function api(path, { method = 'GET', json, form, signal } = {}) {
+async function api(path, options = {}, retried = false) {
+  const { method = 'GET', json, form, signal } = options;
   const init = { method, signal, headers: { Accept: 'application/json' } };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -93,6 +102,7 @@ async function api(path, { method = 'GET', json, form, signal } = {}) {
   } catch (err) {
     if (err?.name === 'AbortError') throw err;
   }
+  if (res.status === 401 && !retried && askForApiKey()) return api(path, options, true);
   if (!res.ok) {
     const msg = body?.error?.message;
     throw new Error(typeof msg === 'string' && msg ? msg : `Request failed (HTTP ${res.status}).`);

@@ -1,7 +1,15 @@
 """A small served gallery: synthetic world, demo features, a tiny checkpoint, an index
 with user metadata; plus a TestClient over the loaded app."""
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +65,46 @@ def make_client(gallery, **overrides) -> TestClient:
 def client(gallery):
     with make_client(gallery) as test_client:
         yield test_client
+
+
+READY_TIMEOUT_S = 90
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(gallery, log: Path, env: dict, *flags: str):
+    """`chan serve` on a free loopback port, ready; yields (base URL, process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "app.cli", "serve", "--index", str(gallery / "idx"),
+               "--checkpoint", str(gallery / "ckpt"), "--port", str(port), *flags]  # fmt: skip
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, cwd=ROOT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process, log)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(base: str, process, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{base}/readyz", timeout=5) as response,
+        ):
+            if response.status == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
