@@ -37,6 +37,22 @@ def add_subcommands(subparsers) -> None:
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     parser.set_defaults(func=run_serve)
 
+    demo = subparsers.add_parser(
+        "demo", help="synthetic world -> features -> model -> index -> served web page",
+        description="The whole product on the embedded default: generate the synthetic "
+        "world, extract demo features, train the demo model, index the test split and "
+        "serve it. Each step reuses what an earlier run finished.",
+    )  # fmt: skip
+    demo.add_argument("--workdir", type=Path, default=Path("data/demo"))
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--images", type=int, default=7000, help="world size (7000)")
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs (3)")
+    demo.add_argument("--train-budget-min", type=float, default=5.0,
+                      help="stop training after this many minutes (5)")  # fmt: skip
+    demo.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
+    demo.set_defaults(func=run_demo)
+
 
 def settings_from_args(args: argparse.Namespace):
     """Settings from the environment, with the given flags on top; a bad value is a
@@ -75,4 +91,24 @@ def run_serve(args: argparse.Namespace) -> int:
         workers=settings.workers, access_log=False, log_config=None,
         timeout_graceful_shutdown=10,
     )  # fmt: skip
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.demo import DemoOptions, prepare_demo
+    from app.main import create_app
+    from app.settings import Settings
+
+    options = DemoOptions(workdir=args.workdir, images=args.images, epochs=args.epochs,
+                          train_budget_s=args.train_budget_min * 60)  # fmt: skip
+    paths = prepare_demo(options)
+    if args.no_serve:
+        return 0
+    settings = Settings(index=paths.index, checkpoint=paths.checkpoint, host=args.host,
+                        port=args.port)  # fmt: skip
+    logger.info("open http://%s:%d in a browser (Ctrl-C stops)", args.host, args.port)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False,
+                log_config=None)  # fmt: skip
     return 0

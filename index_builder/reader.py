@@ -117,6 +117,11 @@ class GalleryIndex:
         self.live_captions = self.metadata.live_mask("captions")
 
     @property
+    def has_filled_cache(self) -> bool:
+        """Whether the float32 RAM copy (with filled padding) is held."""
+        return self._filled_cache is not None
+
+    @property
     def num_images(self) -> int:
         return len(self.counts)
 
@@ -137,21 +142,28 @@ class GalleryIndex:
         block = cache[rows] if cache is not None else self._read_images(rows)
         return torch.from_numpy(block), torch.from_numpy(self.counts[rows])
 
-    def filled_images(self, rows: np.ndarray) -> torch.Tensor:
+    def filled_images(self, rows: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
         """Like images(), but padded slots hold a copy of the image's first region (which
         cannot change a max), so the exact scorer needs no lengths and no mask. A
-        contiguous run of rows from the RAM copy is a view, not a copy."""
+        contiguous run of rows from the RAM copy is a view, not a copy. `out`: a reusable
+        float32 buffer of at least len(rows) images to write into; filling a buffer that
+        stays in cache is about 3x faster than a fresh array (no page faults)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._filled_cache is not None:
+        if self._filled_cache is not None and out is None:
             return torch.from_numpy(self._filled_cache[_as_slice(rows)])
-        block = self._read_images(rows)  # a fresh array: fill its padding in place
+        block = self._read_images(rows, None if out is None else out[: len(rows)])
         counts = self.counts[rows]
         padded = np.arange(self.num_regions)[None, :] >= counts[:, None]  # (C, K)
-        block[padded] = np.repeat(block[:, 0], self.num_regions - counts, axis=0)
+        if padded.any():
+            block[padded] = np.repeat(block[:, 0], self.num_regions - counts, axis=0)
         return torch.from_numpy(block)
 
-    def _read_images(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
+    def _read_images(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
+        if self._image_cache is not None:
+            out[...] = self._image_cache[rows]
+            return out
         for seg_index, positions, local in self._by_segment(rows, self._image_starts):
             seg = self.segments[seg_index]
             order = np.argsort(local, kind="stable")  # sorted reads suit the memory map
@@ -170,24 +182,31 @@ class GalleryIndex:
         seg_index = int(np.searchsorted(self._image_starts, row, side="right") - 1)
         return np.asarray(self.segments[seg_index].boxes[row - self._image_starts[seg_index]])
 
-    def captions(self, rows: np.ndarray) -> FlatWords:
-        """Stored word vectors of caption rows, back to back in the given order."""
+    def captions(self, rows: np.ndarray, out: np.ndarray | None = None) -> FlatWords:
+        """Stored word vectors of caption rows, back to back in the given order. `out`:
+        a reusable float32 (n, d) buffer with room for every word, as in filled_images."""
         rows = np.asarray(rows, dtype=np.int64)
         starts = self.word_offsets[rows]
         lengths = self.word_offsets[rows + 1] - starts
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         # every word position, vectorised: its caption's start plus its rank inside it
         positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        vectors = self.word_vectors(positions)
+        vectors = self.word_vectors(positions, None if out is None else out[: len(positions)])
         return FlatWords(torch.from_numpy(vectors), torch.from_numpy(offsets))
 
-    def word_vectors(self, positions: np.ndarray) -> np.ndarray:
-        """Global flat word positions -> (n, d) float32."""
+    def word_vectors(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Global flat word positions -> (n, d) float32 (written into `out` when given)."""
         cache = self._word_cache
-        return cache[positions] if cache is not None else self._read_words(positions)
+        if cache is None:
+            return self._read_words(positions, out)
+        if out is None:
+            return cache[positions]
+        np.take(cache, positions, axis=0, out=out)
+        return out
 
-    def _read_words(self, positions: np.ndarray) -> np.ndarray:
-        out = np.empty((len(positions), self.dim), np.float32)
+    def _read_words(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((len(positions), self.dim), np.float32)
         for seg_index, where, local in self._by_segment(positions, self._word_starts):
             seg = self.segments[seg_index]
             take = _as_slice(local)  # a contiguous run reads as one block

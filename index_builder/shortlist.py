@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 EXHAUSTIVE_CHUNK_IMAGES = 2048  # images dequantised and scored per step of an exact scan
 CELL_SCAN_IMAGES = 8192  # images per block of the approximate cell scan
-EXHAUSTIVE_CHUNK_CAPTIONS = 16384
+RERANK_CHUNK_IMAGES = 64  # images per exact step when read from disk (a 9 MB buffer)
+RERANK_CHUNK_CAPTIONS = 256  # captions per exact step
 FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
 
 
@@ -35,9 +36,9 @@ FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is s
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int = 200  # C: images reranked with the exact score (text -> image)
+    candidates: int = 600  # C: images reranked with the exact score (text -> image)
     caption_candidates: int = 500  # C for image -> caption
-    probes: int = 24  # region cells probed per query word (text -> image)
+    probes: int = 32  # region cells probed per query word (text -> image)
     caption_probes: int = 256  # word cells probed per query image (image -> caption)
     refine: int = 4  # refine x C candidates get the centroid-interaction score
 
@@ -68,6 +69,7 @@ class VectorSearcher:
         self.matching: Matching = index.matching
         self._extractor = None
         self._extractor_lock = threading.Lock()
+        self._local = threading.local()  # per-thread scratch buffers of the exact scorer
 
     # ------------------------------------------------------------------ text -> images
 
@@ -135,11 +137,26 @@ class VectorSearcher:
     def _exact_images(
         self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
     ) -> Ranking:
-        def score(chunk: np.ndarray) -> torch.Tensor:
-            # padding already holds a copy of each image's first region, so no lengths
-            return score_text_query(words, self.index.filled_images(chunk), None, self.matching)
+        if self.index.has_filled_cache:  # views of the RAM copy: big steps cost nothing
+            step, buffer = EXHAUSTIVE_CHUNK_IMAGES, None
+        else:  # read into one small buffer that stays in cache, step after step
+            step = RERANK_CHUNK_IMAGES
+            buffer = self._buffer("images", (step, self.index.num_regions, self.index.dim))
 
-        return _rank_exactly(score, rows, EXHAUSTIVE_CHUNK_IMAGES, k, timings, exhaustive)
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            # padding holds a copy of each image's first region, so no lengths
+            block = self.index.filled_images(chunk, buffer)
+            return score_text_query(words, block, None, self.matching)
+
+        return _rank_exactly(score, rows, step, k, timings, exhaustive)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 scratch array of at least `shape`, one per thread and name."""
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        held = buffers.get(name)
+        if held is None or held.shape[0] < shape[0] or held.shape[1:] != shape[1:]:
+            held = buffers[name] = np.empty(shape, np.float32)
+        return held
 
     # ------------------------------------------------------------------ image -> captions
 
@@ -203,10 +220,15 @@ class VectorSearcher:
     def _exact_captions(
         self, regions: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
     ) -> Ranking:
-        def score(chunk: np.ndarray) -> torch.Tensor:
-            return score_image_query(regions, self.index.captions(chunk), self.matching)
+        lengths = np.diff(self.index.word_offsets)
+        step = RERANK_CHUNK_CAPTIONS
 
-        return _rank_exactly(score, rows, EXHAUSTIVE_CHUNK_CAPTIONS, k, timings, exhaustive)
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            words = int(lengths[chunk].sum())
+            buffer = self._buffer("words", (max(words, step * 16), self.index.dim))
+            return score_image_query(regions, self.index.captions(chunk, buffer), self.matching)
+
+        return _rank_exactly(score, rows, step, k, timings, exhaustive)
 
     # ------------------------------------------------------------------ model side
 

@@ -12,14 +12,3 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
-# Headless Chromium for the web page test (Debian's package; nothing is downloaded by
-# the tests themselves). Best effort: without it that one test is skipped, loudly.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    if ! { $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
-        || { $SUDO apt-get update -qq >/dev/null 2>&1 \
-             && $SUDO apt-get install -y -qq chromium >/dev/null 2>&1; }; }; then
-        echo "setup: could not install chromium; the web page test will be skipped" >&2
-    fi
-fi

@@ -309,3 +309,30 @@ def test_row_gathers_in_any_order_equal_single_reads(world, index_dir):
     assert words.lengths.tolist() == [
         int(index.word_offsets[r + 1] - index.word_offsets[r]) for r in (5, 1, 5)
     ]
+
+
+def test_disk_and_ram_paths_score_identically(world, index_dir, monkeypatch):
+    """The exact scorer reads from the memory map into small reused buffers when the
+    index is not held in RAM; both paths give the same rows and scores (small steps so
+    that buffers are reused across several chunks)."""
+    from index_builder import shortlist
+    from index_builder.shortlist import VectorSearcher
+
+    monkeypatch.setattr(shortlist, "RERANK_CHUNK_IMAGES", 4)
+    monkeypatch.setattr(shortlist, "RERANK_CHUNK_CAPTIONS", 8)
+
+    ram = VectorSearcher(GalleryIndex(index_dir))
+    disk = VectorSearcher(GalleryIndex(index_dir, cache_bytes=0))
+    assert ram.index.has_filled_cache and not disk.index.has_filled_cache
+    words = torch.nn.functional.normalize(torch.randn(7, ram.index.dim), dim=1)
+    for exhaustive in (True, False):
+        a = ram.images_for_words(words, k=9, exhaustive=exhaustive)
+        b = disk.images_for_words(words, k=9, exhaustive=exhaustive)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    regions, counts = ram.index.images(np.array([3]))
+    query = regions[0, : int(counts[0])]
+    a = ram.captions_for_regions(query, k=20, exhaustive=True)
+    b = disk.captions_for_regions(query, k=20, exhaustive=True)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)

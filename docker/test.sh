@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# End-to-end test of the container image, for a Debian/Ubuntu host without a registry.
+#
+#   sudo bash docker/test.sh
+#
+# 1. installs docker.io and debootstrap with apt-get when missing, and starts its own
+#    dockerd (data root CHAN_TEST_STATE/docker, log CHAN_TEST_STATE/dockerd.log, own
+#    socket) unless a Docker engine already answers, in which case that one is used;
+# 2. builds a local Debian base image (debootstrap minbase + python3, python3-venv,
+#    ca-certificates) from the host's own apt mirror, once: the image stays cached;
+# 3. builds docker/Dockerfile on a copy of the working tree (tracked and untracked,
+#    non-ignored files), with the host's CPU torch wheel (from pip's find-links) and CA
+#    bundle as build-only inputs, and the host's http(s) package index settings;
+# 4. makes a small demo index on the host (`chan demo`, 140 images, 1 epoch);
+# 5. runs the image with the index and checkpoint mounted read-only, a read-only root
+#    filesystem, --init, on a free 127.0.0.1 port; waits for the health status, searches,
+#    checks /healthz, the web page, the user (10001), then `docker stop` (SIGTERM) and
+#    the exit within the grace period.
+# Prints each step's time and "container test passed in N s"; exits non-zero on any
+# failure, with the container logs. Re-runnable: the dockerd it started is stopped, its
+# container and temporary folder removed, on every exit.
+#
+# Environment: CHAN_TEST_STATE (/var/lib/chan-docker-test), CHAN_TEST_IMAGE
+# (chan-retrieval:test), CHAN_TEST_BASE (chan-test-base:bookworm; CHAN_TEST_REBUILD_BASE=1
+# makes it again), CHAN_TEST_SUITE (bookworm), CHAN_TEST_TORCH_INDEX_URL (a CPU torch wheel
+# index when the host has no torch wheel in its find-links), CHAN_TEST_TIMEOUT (180 s
+# to become healthy).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${CHAN_TEST_STATE:-/var/lib/chan-docker-test}
+IMAGE=${CHAN_TEST_IMAGE:-chan-retrieval:test}
+BASE=${CHAN_TEST_BASE:-chan-test-base:bookworm}
+SUITE=${CHAN_TEST_SUITE:-bookworm}
+TORCH_VERSION=2.13.0
+READY_TIMEOUT=${CHAN_TEST_TIMEOUT:-180}
+STOP_GRACE=15
+NAME=chan-container-test
+RUNDIR=/run/chan-docker-test
+
+T0=$(date +%s)
+STEP_T=$T0
+WORK=""
+OWN_DOCKERD_PID=""
+DEMO_PID=""
+POLICY_RC_ADDED=0
+
+log() { printf '[%4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+step_done() {
+    local now
+    now=$(date +%s)
+    printf '[%4ds] -- %s: %d s\n' "$((now - T0))" "$1" "$((now - STEP_T))"
+    STEP_T=$now
+}
+fail() {
+    printf '\nFAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ "$rc" -ne 0 ] && [ -n "${DOCKER_READY:-}" ] \
+        && docker container inspect "$NAME" > /dev/null 2>&1; then
+        echo "---- container logs ($NAME) ----" >&2
+        docker logs --tail 200 "$NAME" >&2
+        echo "---- end of container logs ----" >&2
+    fi
+    [ -n "${DOCKER_READY:-}" ] && docker rm -f "$NAME" > /dev/null 2>&1
+    if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2> /dev/null; then
+        kill "$DEMO_PID"
+        wait "$DEMO_PID" 2> /dev/null
+    fi
+    if [ -n "$OWN_DOCKERD_PID" ]; then
+        log "stopping the dockerd this test started (pid $OWN_DOCKERD_PID)"
+        kill "$OWN_DOCKERD_PID" 2> /dev/null
+        for _ in $(seq 60); do
+            kill -0 "$OWN_DOCKERD_PID" 2> /dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$OWN_DOCKERD_PID" 2> /dev/null; then
+            kill -9 "$OWN_DOCKERD_PID" 2> /dev/null
+        fi
+        wait "$OWN_DOCKERD_PID" 2> /dev/null
+    fi
+    [ "$POLICY_RC_ADDED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ -n "$WORK" ] && rm -rf "$WORK"
+    if [ "$rc" -ne 0 ]; then
+        echo "container test FAILED after $(($(date +%s) - T0)) s" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ "$(id -u)" = 0 ] || fail "run as root (it installs packages and starts dockerd)"
+mkdir -p "$STATE" "$RUNDIR"
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/chan-docker-test.XXXXXX")
+
+# ---------------------------------------------------------------- 1. packages, dockerd
+missing=()
+command -v dockerd > /dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap > /dev/null 2>&1 || missing+=(debootstrap)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} with apt-get"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then  # no service starts during the install
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        POLICY_RC_ADDED=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || fail "apt-get update failed (is the host's apt mirror reachable?)"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        || fail "apt-get install ${missing[*]} failed"
+    if [ "$POLICY_RC_ADDED" = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_ADDED=0
+    fi
+fi
+command -v docker > /dev/null 2>&1 || fail "no docker command line found"
+
+if docker info > /dev/null 2>&1; then
+    log "using the running Docker engine ($(docker info -f '{{.ServerVersion}}'))"
+else
+    export DOCKER_HOST="unix://$RUNDIR/docker.sock"
+    if [ -f "$RUNDIR/dockerd.pid" ] && kill -0 "$(cat "$RUNDIR/dockerd.pid")" 2> /dev/null; then
+        fail "a dockerd of an earlier run still runs (pid $(cat "$RUNDIR/dockerd.pid"))"
+    fi
+    rm -f "$RUNDIR/dockerd.pid" "$RUNDIR/docker.sock"
+    log "starting dockerd (data root $STATE/docker, log $STATE/dockerd.log)"
+    dockerd --data-root "$STATE/docker" --exec-root "$RUNDIR/exec" \
+        --pidfile "$RUNDIR/dockerd.pid" --host "$DOCKER_HOST" \
+        >> "$STATE/dockerd.log" 2>&1 &
+    OWN_DOCKERD_PID=$!
+    for _ in $(seq 120); do
+        docker info > /dev/null 2>&1 && break
+        kill -0 "$OWN_DOCKERD_PID" 2> /dev/null || {
+            tail -20 "$STATE/dockerd.log" >&2
+            fail "dockerd exited at start (log: $STATE/dockerd.log)"
+        }
+        sleep 0.5
+    done
+    docker info > /dev/null 2>&1 || fail "dockerd did not answer in 60 s ($STATE/dockerd.log)"
+    log "dockerd $(docker info -f '{{.ServerVersion}}') ready, storage $(docker info -f '{{.Driver}}')"
+fi
+DOCKER_READY=1
+docker rm -f "$NAME" > /dev/null 2>&1 || true
+step_done "docker engine"
+
+# ------------------------------------------------------------------- 2. the base image
+apt_mirror() {  # the host's main Debian archive for $SUITE, from its apt sources
+    local file uri=""
+    for file in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$file" ] || continue
+        uri=$(awk -v suite="$SUITE" '
+            function flush() {
+                if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && uris != "")
+                    { split(uris, u, " "); print u[1]; found = 1; exit }
+                types = suites = uris = ""
+            }
+            /^[ \t]*$/ { flush(); next }
+            /^[ \t]*#/ { next }
+            tolower($1) == "types:" { $1 = ""; types = $0 }
+            tolower($1) == "suites:" { $1 = ""; suites = $0 }
+            tolower($1) == "uris:" { $1 = ""; sub(/^ +/, ""); uris = $0 }
+            END { if (!found) flush() }
+        ' "$file")
+        [ -n "$uri" ] && break
+    done
+    if [ -z "$uri" ]; then
+        uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2> /dev/null \
+            | awk -v suite="$SUITE" '$1 == "deb" {
+                    i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                    if ($(i + 1) == suite) { print $i; exit } }')
+    fi
+    printf '%s' "${uri%/}"
+}
+
+if [ "${CHAN_TEST_REBUILD_BASE:-0}" != 1 ] && docker image inspect "$BASE" > /dev/null 2>&1; then
+    log "base image $BASE exists: reused"
+else
+    mirror=$(apt_mirror)
+    [ -n "$mirror" ] || fail "no deb source for suite $SUITE in /etc/apt/sources.list{,.d}"
+    log "debootstrap $SUITE (minbase + python3) from the host's apt mirror $mirror"
+    rootfs="$WORK/rootfs"
+    debootstrap --variant=minbase \
+        --include=python3,python3-venv,ca-certificates,libstdc++6 \
+        "$SUITE" "$rootfs" "$mirror" > "$WORK/debootstrap.log" 2>&1 || {
+        tail -30 "$WORK/debootstrap.log" >&2
+        fail "debootstrap failed (log above)"
+    }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE" > /dev/null
+    rm -rf "$rootfs"
+    log "imported $BASE ($(docker image inspect -f '{{.Size}}' "$BASE" | awk '{printf "%.0f MB", $1 / 1e6}'))"
+fi
+step_done "base image"
+
+# --------------------------------------------------------------- 3. context and build
+host_python=python3
+[ -x "$REPO/.venv/bin/python" ] && host_python="$REPO/.venv/bin/python"
+pip_config=$("$host_python" -m pip config list 2> /dev/null || true)
+pip_setting() {  # every value of a pip setting (any scope, env included), one a line
+    printf '%s\n' "$pip_config" | sed -n "s/^[^=]*\.$1='\(.*\)'\$/\1/p" | tr ' ' '\n' | sed '/^$/d'
+}
+
+ctx="$WORK/context"
+mkdir -p "$ctx/wheels"
+git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' file; do
+        [ -e "$REPO/$file" ] && printf '%s\0' "$file"
+    done \
+    | tar -C "$REPO" --null -T - -cf - | tar -C "$ctx" -xf -
+
+build_args=(--build-arg "BASE_IMAGE=$BASE" --build-arg "TORCH_VERSION=$TORCH_VERSION")
+torch_wheel=""
+while IFS= read -r dir; do
+    dir=${dir#file://}
+    [ -d "$dir" ] || continue
+    for wheel in "$dir"/torch-"$TORCH_VERSION"[+-]*.whl; do
+        [ -f "$wheel" ] || continue
+        cp "$wheel" "$ctx/wheels/" && torch_wheel=$(basename "$wheel")
+    done
+done < <(pip_setting find-links)
+if [ -n "$torch_wheel" ]; then
+    build_args+=(--build-arg PIP_FIND_LINKS=wheels)
+    log "torch wheel from pip's find-links: $torch_wheel"
+elif [ -n "${CHAN_TEST_TORCH_INDEX_URL:-}" ]; then
+    build_args+=(--build-arg "TORCH_INDEX_URL=$CHAN_TEST_TORCH_INDEX_URL")
+    log "no torch $TORCH_VERSION wheel in pip's find-links: torch from CHAN_TEST_TORCH_INDEX_URL"
+else
+    fail "no torch-$TORCH_VERSION wheel in pip's find-links ($(pip_setting find-links | tr '\n' ' '))" \
+        "and CHAN_TEST_TORCH_INDEX_URL is not set: the build would pull a CUDA torch"
+fi
+
+ca_bundle=$(pip_setting cert | tail -1)
+[ -f "$ca_bundle" ] || ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [ -f "$ca_bundle" ]; then
+    cp "$ca_bundle" "$ctx/ca.crt"
+    build_args+=(--build-arg PIP_CERT=ca.crt)
+fi
+# package indexes: only http(s) ones reach into the build (file:// ones are host folders)
+index_url=$(pip_setting index-url | grep -E '^https?://' | tail -1 || true)
+extra_urls=$(pip_setting extra-index-url | grep -E '^https?://' | tr '\n' ' ' | sed 's/ $//' || true)
+[ -n "$index_url" ] && build_args+=(--build-arg "PIP_INDEX_URL=$index_url")
+[ -n "$extra_urls" ] && build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=$extra_urls")
+log "pip settings passed to the build: cert=$([ -f "$ctx/ca.crt" ] && echo yes || echo no)" \
+    "index-url=${index_url:+yes}${index_url:-default} extra-index-urls=$(wc -w <<< "$extra_urls")"
+step_done "build context ($(du -sh "$ctx" | cut -f1))"
+
+# the demo index is made on the host while the image builds
+demo="$WORK/demo"
+host_chan=""
+[ -x "$REPO/.venv/bin/chan" ] && host_chan="$REPO/.venv/bin/chan"
+if [ -n "$host_chan" ]; then
+    log "making the demo index on the host in the background ($host_chan demo, 140 images)"
+    "$host_chan" demo --workdir "$demo" --images 140 --epochs 1 --train-budget-min 1 \
+        --no-serve > "$WORK/demo.log" 2>&1 &
+    DEMO_PID=$!
+    DEMO_T=$(date +%s)
+fi
+
+if [ -z "${DOCKER_BUILDKIT:-}" ] && ! docker buildx version > /dev/null 2>&1; then
+    export DOCKER_BUILDKIT=0  # no buildx plugin: the classic builder
+fi
+log "docker build -t $IMAGE (builder: $([ "${DOCKER_BUILDKIT:-1}" = 0 ] && echo classic || echo BuildKit))"
+set +e
+docker build -f "$ctx/docker/Dockerfile" -t "$IMAGE" "${build_args[@]}" "$ctx" 2>&1 \
+    | tee "$WORK/build.log" \
+    | grep --line-buffered -E '^(Step [0-9]+/|pip-build\.sh|torch [0-9]|static:|Successfully (built|tagged)| ---> Using cache)'
+build_rc=${PIPESTATUS[0]}
+set -e
+if [ "$build_rc" -ne 0 ]; then
+    tail -40 "$WORK/build.log" >&2
+    fail "docker build failed (exit $build_rc)"
+fi
+step_done "image build"
+
+if [ -n "$DEMO_PID" ]; then
+    if ! wait "$DEMO_PID"; then
+        DEMO_PID=""
+        tail -30 "$WORK/demo.log" >&2
+        fail "chan demo failed on the host (log above)"
+    fi
+    DEMO_PID=""
+    log "demo index ready ($(($(date +%s) - DEMO_T)) s on the host, overlapping the build)"
+else
+    # no host venv: make the demo with the image itself
+    log "no $REPO/.venv: making the demo index with the image"
+    mkdir -p "$demo"
+    chown 10001:10001 "$demo"
+    docker run --rm -v "$demo:$demo" "$IMAGE" demo --workdir "$demo" --images 140 \
+        --epochs 1 --train-budget-min 1 --no-serve > "$WORK/demo.log" 2>&1 || {
+        tail -30 "$WORK/demo.log" >&2
+        fail "chan demo failed in the container"
+    }
+fi
+[ -f "$demo/index/manifest.json" ] && [ -f "$demo/run/best/config.json" ] \
+    || fail "the demo left no index or checkpoint under $demo"
+chmod -R a+rX "$demo/index" "$demo/run/best"
+step_done "demo index"
+
+# -------------------------------------------------------------- 4. the image's content
+leaks=$(docker run --rm "$IMAGE" sh -c \
+    'ls -d /build /src 2> /dev/null; env | grep -E "^(PIP_|TORCH_)" || true; find / -xdev \
+     \( -name "ca.crt" -o -name "torch-*.whl" \) 2> /dev/null' | tr '\n' ' ')
+[ -z "$leaks" ] || fail "build-only inputs reached the final image: $leaks"
+docker run --rm "$IMAGE" index --help > /dev/null || fail "'index --help' through the entrypoint failed"
+log "final image holds no build inputs; 'docker run IMAGE index --help' works"
+step_done "image content"
+
+# --------------------------------------------------------------------- 5. run and probe
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base_url="http://127.0.0.1:$port"
+log "docker run $IMAGE on $base_url (index and checkpoint read-only, read-only rootfs, --init)"
+docker run -d --name "$NAME" --init --read-only --tmpfs /tmp \
+    -p "127.0.0.1:$port:8000" \
+    -v "$demo/index:/data/index:ro" -v "$demo/run/best:/data/checkpoint:ro" \
+    --health-interval 2s --health-start-period 120s \
+    "$IMAGE" > /dev/null
+RUN_T=$(date +%s)
+
+http_status() {  # METHOD URL [JSON body] -> the status code (000 when unreachable)
+    python3 - "$@" << 'EOF'
+import sys, urllib.error, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+req = urllib.request.Request(url, data=body, method=method,
+                             headers={"Content-Type": "application/json"} if body else {})
+try:
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        print(resp.status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except OSError:
+    print("000")
+EOF
+}
+
+ready_at="" healthy_at=""
+while :; do
+    elapsed=$(($(date +%s) - RUN_T))
+    state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$NAME")
+    [ "${state%% *}" = running ] || fail "the container stopped while starting ($state)"
+    if [ -z "$ready_at" ] && [ "$(http_status GET "$base_url/readyz")" = 200 ]; then
+        ready_at=$elapsed
+        log "/readyz answers 200 from the host after $ready_at s"
+    fi
+    if [ "${state#* }" = healthy ]; then
+        healthy_at=$elapsed
+        log "container health status: healthy after $healthy_at s"
+        break
+    fi
+    [ "$elapsed" -lt "$READY_TIMEOUT" ] || fail "not healthy within $READY_TIMEOUT s ($state)"
+    sleep 1
+done
+step_done "start until healthy"
+
+result=$(python3 - "$base_url" << 'EOF'
+import json, sys, urllib.request
+req = urllib.request.Request(
+    sys.argv[1] + "/v1/search/images", method="POST",
+    data=json.dumps({"text": "a red circle", "k": 3}).encode(),
+    headers={"Content-Type": "application/json"},
+)
+with urllib.request.urlopen(req, timeout=30) as resp:
+    body = json.load(resp)
+hits = body.get("hits", [])
+print(len(hits), " ".join(f"{h['image_id']}:{h['score']:.2f}" for h in hits))
+EOF
+) || fail "POST /v1/search/images failed"
+[ "${result%% *}" = 3 ] || fail "POST /v1/search/images: expected 3 hits, got: $result"
+log "POST /v1/search/images {\"text\": \"a red circle\", \"k\": 3}: ${result#* }"
+
+code=$(http_status GET "$base_url/healthz")
+[ "$code" = 200 ] || fail "GET /healthz answered $code"
+code=$(http_status GET "$base_url/")
+[ "$code" = 200 ] || fail "GET / (web page) answered $code"
+code=$(http_status GET "$base_url/static/app.js")
+[ "$code" = 200 ] || fail "GET /static/app.js answered $code"
+log "GET /healthz, / and /static/app.js: 200"
+
+uid=$(docker exec "$NAME" id -u)
+[ "$uid" = 10001 ] || fail "docker exec id -u printed $uid, expected 10001"
+pid1=$(docker inspect -f '{{.State.Pid}}' "$NAME")
+server_uids=""
+for status in /proc/[0-9]*/status; do  # the container's init and its children
+    entry=$(awk -v top="$pid1" '/^Pid:/ {pid = $2} /^PPid:/ {ppid = $2} /^Uid:/ {uid = $2}
+        END {if (pid == top || ppid == top) print uid}' "$status" 2> /dev/null || true)
+    [ -n "$entry" ] && server_uids+="$entry "
+done
+[ -n "$server_uids" ] || fail "no process of the container found under /proc"
+for u in $server_uids; do
+    [ "$u" = 10001 ] || fail "a container process runs as uid $u (uids: $server_uids)"
+done
+log "user: docker exec id -u = $uid; init and server processes run as uid $server_uids"
+step_done "probes"
+
+stop_t0=$(date +%s.%N)
+docker stop -t "$STOP_GRACE" "$NAME" > /dev/null
+stop_s=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" \
+    "$stop_t0" "$(date +%s.%N)")
+exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")
+too_slow=$(python3 -c "import sys; print(int(float(sys.argv[1]) >= $STOP_GRACE))" "$stop_s")
+if [ "$exit_code" = 137 ] || [ "$too_slow" = 1 ]; then
+    fail "docker stop: not stopped by SIGTERM within $STOP_GRACE s (took $stop_s s, exit $exit_code)"
+fi
+docker logs "$NAME" 2>&1 | grep -q -i -E 'shutting down|finished server process' \
+    || fail "no graceful shutdown in the logs"
+log "docker stop (SIGTERM): exited with code $exit_code after $stop_s s (grace $STOP_GRACE s)"
+step_done "stop"
+
+docker image ls "$IMAGE" --format 'image {{.Repository}}:{{.Tag}}  {{.Size}}'
+[ -n "$OWN_DOCKERD_PID" ] && docker image prune -f > /dev/null 2>&1 || true
+echo "container test passed in $(($(date +%s) - T0)) s"
