@@ -16,28 +16,32 @@ Design choices:
 import hashlib
 import json
 import logging
-import math
 import operator
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Self
 
 import numpy as np
 
+from index_builder.records import (
+    CaptionRecord,
+    ImageRecord,
+    check_id,
+    decode_metadata,
+    encode_metadata,
+    filter_clause,
+)
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BATCH_SIZE = 10_000  # records per executemany call: bounds memory on huge iterables
 MAX_LISTED = 5  # ids named in an error message
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # reused: 2x faster dumps
-_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _ID_COLUMN = {"images": "image_id", "captions": "caption_id"}  # whitelist of table names
 _COLUMNS = {
     "images": "row, image_id, uri, metadata, deleted",
@@ -81,53 +85,6 @@ _COPY_LIVE = (
     FROM src.captions AS c LEFT JOIN src.images AS i ON i.image_id = c.image_id
     WHERE c.deleted = 0 ORDER BY c.row""",
 )
-
-
-# Mutable with slots rather than frozen: construction is 3x faster, which counts at 10^6
-# records; the store validates again when records are added.
-@dataclass(slots=True)
-class ImageRecord:
-    """One gallery image. `row` and `deleted` are set by the store and ignored on input."""
-
-    image_id: str  # unique, non-empty
-    uri: str | None = None  # URI or file path of the image
-    metadata: dict[str, Any] | None = None  # user metadata, JSON-serialisable
-    row: int | None = None  # position in the image embedding arrays
-    deleted: bool = False  # tombstone flag
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field when the record cannot be stored."""
-        _check_id(self.image_id, "image_id")
-        if self.uri is not None and not isinstance(self.uri, str):
-            raise ValueError(f"image {self.image_id!r}: uri must be a string or None")
-        _check_metadata_type(self.metadata, self.image_id)
-
-
-@dataclass(slots=True)
-class CaptionRecord:
-    """One caption. `row` and `deleted` are set by the store and ignored on input."""
-
-    caption_id: str  # unique, non-empty
-    text: str  # the caption, non-empty
-    image_id: str | None = None  # the image it describes; must be in the store
-    metadata: dict[str, Any] | None = None  # user metadata, JSON-serialisable
-    row: int | None = None  # position in the caption embedding arrays
-    deleted: bool = False  # tombstone flag
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field when the record cannot be stored."""
-        _check_id(self.caption_id, "caption_id")
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise ValueError(f"caption {self.caption_id!r}: text must be a non-empty string")
-        if self.image_id is not None:
-            _check_id(self.image_id, "image_id")
-        _check_metadata_type(self.metadata, self.caption_id)
 
 
 class MetadataStore:
@@ -307,7 +264,7 @@ class MetadataStore:
 
     def captions_of_image(self, image_id: str) -> list[CaptionRecord]:
         """Live captions linked to `image_id`, by row (also for a deleted image)."""
-        _check_id(image_id, "image_id")
+        check_id(image_id, "image_id")
         sql = f"SELECT {_COLUMNS['captions']} FROM captions WHERE image_id = ? AND deleted = 0"
         with self._lock:
             if _unknown_ids(self._conn, "images", json.dumps([image_id]), live_only=False):
@@ -337,7 +294,7 @@ class MetadataStore:
             raise ValueError(f"filter must be a dict of metadata key -> value, got {filter!r}")
         clauses, params = ["deleted = 0"], []
         for key, value in filter.items():
-            clause, clause_params = _filter_clause(key, value)
+            clause, clause_params = filter_clause(key, value)
             clauses.append(clause)
             params.extend(clause_params)
         sql = f"SELECT row FROM {kind} WHERE {' AND '.join(clauses)} ORDER BY row"
@@ -502,71 +459,9 @@ def _check_links(connection: sqlite3.Connection, image_ids: set[str]) -> None:
         )
 
 
-def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
-    """SQL condition (with its parameters) true when metadata at `key` equals one of `value`."""
-    if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
-        raise ValueError(
-            f"invalid metadata key {key!r}: use dotted parts of letters, digits, '_' or '-'"
-        )
-    path = "$" + "".join(f'."{part}"' for part in key.split("."))
-    values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
-    for item in values:
-        _check_filter_value(key, item)
-    # json_type keeps JSON types apart: SQLite reads true as 1, and '[1]' would equal a string.
-    in_list = "json_extract(metadata, ?) IN (SELECT value FROM json_each(?))"
-    groups = [
-        ("json_type(metadata, ?) IN (SELECT value FROM json_each(?))", [path],
-         ["true" if v else "false" for v in values if isinstance(v, bool)]),
-        (f"(json_type(metadata, ?) = 'text' AND {in_list})", [path, path],
-         [v for v in values if isinstance(v, str)]),
-        (f"(json_type(metadata, ?) IN ('integer', 'real') AND {in_list})", [path, path],
-         [v for v in values if not isinstance(v, bool | str)]),
-    ]  # fmt: skip
-    used = [(sql, [*paths, json.dumps(wanted)]) for sql, paths, wanted in groups if wanted]
-    if not used:
-        return "0", []  # an empty list matches nothing
-    return "(" + " OR ".join(sql for sql, _ in used) + ")", [p for _, ps in used for p in ps]
-
-
-def _check_filter_value(key: str, value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"filter value for {key!r} must be finite, got {value!r}")
-    if not isinstance(value, str | int | float):
-        raise ValueError(
-            f"filter value for {key!r} must be str, int, float, bool or a list of them, "
-            f"got {type(value).__name__}"
-        )
-
-
 def _check_kind(kind: str) -> None:
     if kind not in _ID_COLUMN:
         raise ValueError(f"kind must be 'images' or 'captions', got {kind!r}")
-
-
-def _check_id(value: Any, name: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-
-
-def _check_metadata_type(metadata: Any, owner: str) -> None:
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError(
-            f"{owner!r}: metadata must be a dict or None, got {type(metadata).__name__}"
-        )
-
-
-def _encode(metadata: dict[str, Any] | None, owner: str) -> str | None:
-    """Metadata as JSON text (None stays NULL); unserialisable values: ValueError."""
-    if metadata is None:
-        return None
-    try:
-        return _ENCODER.encode(metadata)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{owner!r}: metadata is not JSON-serialisable ({error})") from error
-
-
-def _decode(text: str | None) -> dict[str, Any] | None:
-    return None if text is None else json.loads(text)
 
 
 def _id_list(ids: Iterable[str]) -> list[str]:
@@ -575,7 +470,7 @@ def _id_list(ids: Iterable[str]) -> list[str]:
         raise ValueError(f"expected a list of ids, got the string {ids!r}; wrap it in a list")
     listed = list(ids)
     for item_id in listed:
-        _check_id(item_id, "id")
+        check_id(item_id, "id")
     return listed
 
 
@@ -586,19 +481,19 @@ def _preview(values: Sequence[Any]) -> str:
 
 
 def _image_params(row: int, record: ImageRecord) -> tuple:
-    return (row, record.image_id, record.uri, _encode(record.metadata, record.image_id))
+    return (row, record.image_id, record.uri, encode_metadata(record.metadata, record.image_id))
 
 
 def _caption_params(row: int, record: CaptionRecord) -> tuple:
-    metadata = _encode(record.metadata, record.caption_id)
+    metadata = encode_metadata(record.metadata, record.caption_id)
     return (row, record.caption_id, record.text, record.image_id, metadata)
 
 
 def _image(values: tuple) -> ImageRecord:
     row, image_id, uri, metadata, deleted = values
-    return ImageRecord(image_id, uri, _decode(metadata), row, bool(deleted))
+    return ImageRecord(image_id, uri, decode_metadata(metadata), row, bool(deleted))
 
 
 def _caption(values: tuple) -> CaptionRecord:
     row, caption_id, text, image_id, metadata, deleted = values
-    return CaptionRecord(caption_id, text, image_id, _decode(metadata), row, bool(deleted))
+    return CaptionRecord(caption_id, text, image_id, decode_metadata(metadata), row, bool(deleted))
