@@ -46,7 +46,7 @@ def check_options(options: SearchOptions, settings: Settings, loaded: Loaded) ->
             "invalid_request",
             f"candidates: at most {settings.max_candidates} (got {options.candidates})",
         )
-    images = loaded.searcher.index.num_images
+    images = loaded.searcher.num_images
     if options.exhaustive and images > settings.exhaustive_max_images:
         raise ApiError(
             400,

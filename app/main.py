@@ -31,6 +31,7 @@ def create_app(settings: Settings, service: SearchService | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
+        service.start()
         loading = None
         if not service.ready:
             loading = asyncio.create_task(asyncio.to_thread(_load, service))

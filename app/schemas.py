@@ -55,6 +55,7 @@ class ImageHit(BaseModel):
     thumbnail_url: str
     metadata: dict[str, Any]
     explain: list[WordMatch] | None = None
+    shard: int | None = Field(None, description="the shard it came from (sharded indexes)")
 
 
 class CaptionHit(BaseModel):
@@ -65,6 +66,7 @@ class CaptionHit(BaseModel):
     image_id: str | None
     metadata: dict[str, Any]
     explain: list[WordMatch] | None = None
+    shard: int | None = Field(None, description="the shard it came from (sharded indexes)")
 
 
 class Timings(BaseModel):

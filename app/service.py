@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.settings import Settings
-from index_builder.searcher import Searcher
+from index_builder.sharded import ShardedSearcher, shard_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class BoundedExecutor:
         self._slots = threading.BoundedSemaphore(threads + queue_size)
         self._pending = 0
         self._lock = threading.Lock()
+        self.closed = False
 
     @property
     def pending(self) -> int:
@@ -64,6 +65,7 @@ class BoundedExecutor:
         self._slots.release()
 
     def shutdown(self) -> None:
+        self.closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -71,7 +73,7 @@ class BoundedExecutor:
 class Loaded:
     """One loaded index + model pair; requests hold on to the one they started with."""
 
-    searcher: Searcher
+    searcher: ShardedSearcher  # one index directory, or a folder of shards
     index_path: Path
     checkpoint_path: Path
     loaded_at: float
@@ -107,16 +109,17 @@ class SearchService:
             started = time.perf_counter()
             checkpoint = checkpoint or self._checkpoint_for(index)
             try:
-                searcher = Searcher.open(index, checkpoint, checksums=self.settings.checksums)
+                searcher = ShardedSearcher.open(index, checkpoint, self.settings.checksums)
             except Exception as exc:
                 self.error = f"loading {index} failed: {exc}"
                 raise
             loaded = Loaded(searcher, Path(index), Path(checkpoint), time.time(),
                             round(time.perf_counter() - started, 3))  # fmt: skip
             self._current, self.error = loaded, None
-            logger.info("serving %s (%d images, %d captions) with %s, loaded in %.1f s", index,
-                        searcher.index.num_images, searcher.index.num_captions, checkpoint,
-                        loaded.load_seconds)  # fmt: skip
+            summary = searcher.summary()
+            logger.info("serving %s (%d images, %d captions, %d shard(s)) with %s, loaded in "
+                        "%.1f s", index, summary["images"], summary["captions"],
+                        len(searcher.shards), checkpoint, loaded.load_seconds)  # fmt: skip
             return loaded
 
     def _checkpoint_for(self, index: Path) -> Path:
@@ -124,10 +127,16 @@ class SearchService:
             return self.settings.checkpoint
         from index_builder import format as fmt
 
-        recorded = fmt.read_manifest(Path(index))["checkpoint"].get("path")
+        recorded = fmt.read_manifest(shard_dirs(Path(index))[0])["checkpoint"].get("path")
         if not recorded:
             raise ValueError(f"{index} names no checkpoint path: set CHAN_CHECKPOINT")
         return Path(recorded)
+
+    def start(self) -> None:
+        """(Re)open the executor: an app may run its lifespan more than once (tests)."""
+        if self.executor.closed:
+            settings = self.settings
+            self.executor = BoundedExecutor(settings.inference_threads, settings.queue_size)
 
     def close(self) -> None:
         self.executor.shutdown()

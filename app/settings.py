@@ -50,8 +50,13 @@ class Settings(BaseSettings):
     @field_validator("index")
     @classmethod
     def _index_exists(cls, value: Path) -> Path:
-        if not (value / "manifest.json").is_file():
-            raise ValueError(f"{value} is not an index directory (no manifest.json)")
+        from index_builder.sharded import shard_dirs
+
+        try:
+            shard_dirs(value)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{value} is not an index directory or a folder of shards "
+                             f"({exc})") from None  # fmt: skip
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -210,7 +210,7 @@ ctx="$WORK/context"
 mkdir -p "$ctx/wheels"
 git -C "$REPO" ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' file; do
-        [ -e "$REPO/$file" ] && printf '%s\0' "$file"
+        if [ -e "$REPO/$file" ]; then printf '%s\0' "$file"; fi  # skip deleted files
     done \
     | tar -C "$REPO" --null -T - -cf - | tar -C "$ctx" -xf -
 

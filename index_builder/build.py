@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class BuildOptions:
     recall_queries: int = 100  # sample queries per direction for the measured recall
     seed: int = 0
     overwrite: bool = False
+    shard: tuple[int, int] | None = None  # (i, n): keep only shard i of n (see shard_of)
 
 
 @dataclass
@@ -78,7 +80,8 @@ def build_index(
     loaded = load_checkpoint(checkpoint)
     gallery = open_gallery(loaded, features, split, images, out, options, progress)
     image_records = _image_records(gallery, image_metadata)
-    caption_records = read_captions_jsonl(captions, set(gallery.ids), caption_split)
+    caption_records = read_captions_jsonl(captions, set(gallery.ids), caption_split,
+                                          options.shard)  # fmt: skip
     texts = [c.text for c in caption_records]
     lengths = np.array([len(loaded.tokenizer.ids(t)) for t in texts], dtype=np.int64)
     spec = WriterSpec(
@@ -104,6 +107,7 @@ def build_index(
             "features": str(features) if features else None,
             "images": str(images) if images else None,
             "captions": str(captions),
+            "shard": list(options.shard) if options.shard else None,
         },
     )
     writer = IndexWriter(out, spec, gallery.counts[gallery.rows], lengths, options.overwrite)
@@ -147,9 +151,13 @@ def open_gallery(
         from model.images import list_images
 
         entries = list_images(images)
+        if options.shard and features is None:  # extract only this shard's images
+            entries = [e for e in entries if in_shard(e.image_id, options.shard)]
     if features is None:
         features = _extract(loaded, entries, out, split, options, progress)
     gallery = _read_features(features, split, loaded)
+    if options.shard:
+        gallery = _keep_shard(gallery, options.shard)
     if entries is not None:
         by_id = {e.image_id: str(e.path) for e in entries}
         missing = [i for i in gallery.ids if i not in by_id]
@@ -158,6 +166,35 @@ def open_gallery(
                 f"{len(missing)} feature ids have no image in {images} (first: {missing[0]!r})"
             )
         gallery.uris = [by_id[i] for i in gallery.ids]
+    return gallery
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """The shard of an image (or of an unlinked caption): a stable hash of its id, so
+    every process of a sharded build agrees without talking to the others."""
+    return zlib.crc32(item_id.encode("utf-8")) % shards
+
+
+def in_shard(item_id: str, shard: tuple[int, int]) -> bool:
+    return shard_of(item_id, shard[1]) == shard[0]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "I/N" -> (I, N), 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise ValueError(f"--shard {text!r}: write I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def _keep_shard(gallery: Gallery, shard: tuple[int, int]) -> Gallery:
+    keep = [i for i, image_id in enumerate(gallery.ids) if in_shard(image_id, shard)]
+    if not keep:
+        raise ValueError(f"shard {shard[0]}/{shard[1]} holds no image of this gallery")
+    logger.info("shard %d/%d: %d of %d images", *shard, len(keep), len(gallery.ids))
+    gallery.ids = [gallery.ids[i] for i in keep]
+    gallery.uris = [gallery.uris[i] for i in keep]
+    gallery.rows = gallery.rows[keep]
     return gallery
 
 
@@ -244,9 +281,10 @@ def _image_records(gallery: Gallery, metadata_path: Path | None) -> list[ImageRe
 
 
 def read_captions_jsonl(
-    path: Path, image_ids: set[str], split: str | None = None
+    path: Path, image_ids: set[str], split: str | None = None, shard: tuple[int, int] | None = None
 ) -> list[CaptionRecord]:
-    """Caption lines -> records, validated (one-line errors with the line number)."""
+    """Caption lines -> records, validated (one-line errors with the line number). With a
+    shard, only captions of its images (or, when unlinked, of its own id) are kept."""
     if not path.is_file():
         raise FileNotFoundError(f"caption file {path} not found")
     records = []
@@ -261,6 +299,8 @@ def read_captions_jsonl(
         if caption_id is None or not isinstance(text, str) or not text.strip():
             raise ValueError(f'{path}:{number}: needs an "id" and a non-empty "text"')
         image_id = item.get("image_id")
+        if shard and not in_shard(str(caption_id if image_id is None else image_id), shard):
+            continue
         if image_id is not None and str(image_id) not in image_ids:
             raise ValueError(
                 f"{path}:{number}: image_id {image_id!r} is not in the gallery; fix the link, "

@@ -69,11 +69,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--recall-queries", type=int, default=100, help="per direction")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="build shard I of N (images by a stable hash of their id); "
+                        "run one process per shard, serve the shards' parent folder")  # fmt: skip
     parser.set_defaults(func=_run_build)
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from index_builder.build import BuildOptions, build_index
+    from index_builder.build import BuildOptions, build_index, parse_shard
 
     factories = {}
     for item in args.factory:
@@ -94,6 +97,7 @@ def _run_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         recall_queries=args.recall_queries,
         overwrite=args.overwrite,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
     out = build_index(
         args.checkpoint, args.out, args.captions, features=args.features, split=args.split,

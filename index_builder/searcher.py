@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from index_builder.metadata import ImageRecord
 from index_builder.reader import GalleryIndex
 from index_builder.shortlist import Ranking, SearchParams, VectorSearcher
 from model.checkpoint import checkpoint_hash, load_checkpoint
@@ -63,6 +64,13 @@ class Searcher(VectorSearcher):
         started = time.perf_counter()
         words, tokens = self.encode_text(text)
         encode_ms = _ms(started)
+        return self.images_for_query(words, tokens, k, candidates, explain, exhaustive, filter,
+                                     started, encode_ms)  # fmt: skip
+
+    def images_for_query(
+        self, words, tokens, k, candidates, explain, exhaustive, filter, started, encode_ms
+    ) -> dict[str, Any]:
+        """search_images() after the text is encoded (a sharded gallery encodes once)."""
         allowed = self.index.metadata.filter_rows("images", filter) if filter else None
         ranking = self.images_for_words(words, k, candidates, exhaustive, allowed)
         hits = self._image_hits(ranking)
@@ -104,6 +112,13 @@ class Searcher(VectorSearcher):
         started = time.perf_counter()
         regions, boxes = self.query_regions(image, image_id, features, count)
         encode_ms = _ms(started)
+        return self.captions_for_query(regions, boxes, k, candidates, explain, exhaustive,
+                                       filter, started, encode_ms)  # fmt: skip
+
+    def captions_for_query(
+        self, regions, boxes, k, candidates, explain, exhaustive, filter, started, encode_ms
+    ) -> dict[str, Any]:
+        """search_captions() after the image is encoded (a sharded gallery encodes once)."""
         allowed = self.index.metadata.filter_rows("captions", filter) if filter else None
         ranking = self.captions_for_regions(regions, k, candidates, exhaustive, allowed)
         hits = self._caption_hits(ranking)
@@ -130,6 +145,33 @@ class Searcher(VectorSearcher):
         if features.ndim != 2:
             raise ValueError(f"region features must be (K, D), got shape {features.shape}")
         return self.encode_regions(features, count or features.shape[0]), None
+
+    def image_record(self, image_id: str) -> ImageRecord:
+        """The metadata record of a live gallery image; UnknownIdError otherwise."""
+        return self.index.metadata.images([self.image_row(image_id)])[0]
+
+    def has_image(self, image_id: str) -> bool:
+        return self.index.metadata.image_rows([image_id])[0] is not None
+
+    def summary(self) -> dict[str, Any]:
+        """What is served: counts of live items, storage, dims, cells, measured recall."""
+        index, manifest = self.index, self.index.manifest
+        files = manifest.get("files", {}).values()
+        return {"images": int(index.live_images.sum()),
+                "captions": int(index.live_captions.sum()),
+                "storage": manifest["storage"], "dim": index.dim,
+                "num_regions": index.num_regions, "format_version": manifest["format_version"],
+                "faiss": {n: c["factory"] for n, c in manifest["faiss"].items()},
+                "recall": manifest.get("recall"),
+                "bytes": sum(int(f.get("bytes", 0)) for f in files)}  # fmt: skip
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return self.index.checkpoint_sha256
+
+    @property
+    def num_images(self) -> int:
+        return self.index.num_images
 
     def image_row(self, image_id: str) -> int:
         row = self.index.metadata.image_rows([image_id])[0]

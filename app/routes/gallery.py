@@ -14,7 +14,6 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from app.deps import ServiceDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import ERROR_RESPONSES
-from index_builder.searcher import UnknownIdError
 from model.images import ImageError, load_image
 
 router = APIRouter(prefix="/v1", tags=["gallery"], responses=ERROR_RESPONSES)
@@ -37,11 +36,7 @@ async def get_image(
     """The image file (or a JPEG thumbnail with `size`), or a redirect for http(s) URIs."""
     if not image_id or len(image_id) > MAX_ID_CHARS:
         raise ApiError(404, "unknown_id", "image ids are 1 to 512 characters")
-    searcher = service.current.searcher
-    rows = searcher.index.metadata.image_rows([image_id])
-    if rows[0] is None:
-        raise UnknownIdError(f"image id {image_id!r} is not in the index")
-    record = searcher.index.metadata.images(rows)[0]
+    record = service.current.searcher.image_record(image_id)  # UnknownIdError: 404
     uri = record.uri
     if not uri:
         raise ApiError(404, "no_image_file", f"image {image_id!r} was indexed without a file")

@@ -32,9 +32,8 @@ async def readyz(service: ServiceDep):
         body = {"ready": False, "error": service.error or "loading"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     loaded = service.current
-    manifest = loaded.searcher.index.manifest
     return {"ready": True, "index": str(loaded.index_path),
-            "checkpoint_sha256": manifest["checkpoint"]["sha256"],
+            "checkpoint_sha256": loaded.searcher.checkpoint_sha256,
             "loaded_at": loaded.loaded_at}  # fmt: skip
 
 
@@ -43,16 +42,11 @@ async def metrics(service: ServiceDep, metrics: MetricsDep):
     """Prometheus text format."""
     metrics.ready.set(1 if service.ready else 0)
     if service.ready:
-        index = service.current.searcher.index
-        metrics.index_items.labels("images").set(int(index.live_images.sum()))
-        metrics.index_items.labels("captions").set(int(index.live_captions.sum()))
-        metrics.index_bytes.set(_index_bytes(service.current))
+        summary = service.current.searcher.summary()
+        metrics.index_items.labels("images").set(summary["images"])
+        metrics.index_items.labels("captions").set(summary["captions"])
+        metrics.index_bytes.set(summary["bytes"])
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _index_bytes(loaded: Loaded) -> int:
-    files = loaded.searcher.index.manifest.get("files", {})
-    return sum(int(entry.get("bytes", 0)) for entry in files.values())
 
 
 @router.get("/v1/info", responses=ERROR_RESPONSES)
@@ -62,24 +56,18 @@ async def info(service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
 
 
 def describe(loaded: Loaded, settings) -> dict[str, Any]:
-    searcher, index = loaded.searcher, loaded.searcher.index
-    manifest = index.manifest
+    searcher = loaded.searcher
+    index = searcher.shards[0].index  # every shard shares the model and the extractor
     checkpoint = searcher.checkpoint
-    extractor = manifest.get("extractor") or {}
+    extractor = index.manifest.get("extractor") or {}
     return {
         "model": {"checkpoint": str(loaded.checkpoint_path),
                   "text_encoder": checkpoint.config.text_encoder if checkpoint else None,
-                  "sha256": manifest["checkpoint"]["sha256"],
-                  "matching": manifest["matching"]},
+                  "sha256": searcher.checkpoint_sha256,
+                  "matching": index.manifest["matching"]},
         "extractor": {k: extractor.get(k) for k in ("name", "num_regions", "dim", "input_size")
                       if k in extractor} or None,
-        "index": {"path": str(loaded.index_path), "format_version": manifest["format_version"],
-                  "images": int(index.live_images.sum()),
-                  "captions": int(index.live_captions.sum()),
-                  "storage": manifest["storage"], "dim": index.dim,
-                  "num_regions": index.num_regions,
-                  "faiss": {n: c["factory"] for n, c in manifest["faiss"].items()},
-                  "recall": manifest.get("recall")},
+        "index": {"path": str(loaded.index_path)} | searcher.summary(),
         "search": vars(searcher.params) | {"max_k": settings.max_k,
                   "max_text_chars": settings.max_text_chars,
                   "max_upload_bytes": settings.max_upload_bytes,

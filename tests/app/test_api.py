@@ -106,3 +106,15 @@ def test_openapi_documents_both_request_bodies(client):
     body = schema["paths"]["/v1/search/captions"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert "/v1/search/images" in schema["paths"] and "/v1/score" in schema["paths"]
+
+
+def test_the_app_survives_a_second_lifespan(gallery):
+    """Closing the app (lifespan end) and starting it again must not leave a shut-down
+    executor behind."""
+    from tests.app.conftest import make_client
+
+    client = make_client(gallery)
+    for _ in range(2):
+        with client:
+            response = client.post("/v1/search/images", json={"text": "a red circle"})
+            assert response.status_code == 200
