@@ -170,9 +170,9 @@ class GalleryIndex:
             take = _as_slice(local[order])
             scales = None if seg.region_scales is None else seg.region_scales[take]
             target = positions[order]
-            if scales is None and np.array_equal(target, np.arange(len(rows))):
-                # sorted rows, one segment: widen fp16 straight into the output
-                torch.from_numpy(out).copy_(read_only_tensor(np.asarray(seg.regions[take])))
+            if np.array_equal(target, np.arange(len(rows))):
+                # sorted rows, one segment: dequantise straight into the output
+                _dequantize_into(seg.regions[take], scales, out)
             else:
                 out[target] = dequantize(seg.regions[take], scales)
         return out
@@ -211,7 +211,10 @@ class GalleryIndex:
             seg = self.segments[seg_index]
             take = _as_slice(local)  # a contiguous run reads as one block
             scales = None if seg.word_scales is None else seg.word_scales[take]
-            out[where] = dequantize(seg.words[take], scales)
+            if np.array_equal(where, np.arange(len(positions))):
+                _dequantize_into(seg.words[take], scales, out)
+            else:
+                out[where] = dequantize(seg.words[take], scales)
         return out
 
     def caption_of_words(self, positions: np.ndarray) -> np.ndarray:
@@ -234,6 +237,15 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
+
+
+def _dequantize_into(codes: np.ndarray, scales: np.ndarray | None, out: np.ndarray) -> None:
+    """Stored rows (fp16, or int8 with per-vector scales) -> float32 rows of `out`,
+    converted by torch in place: no temporary array, so no page faults."""
+    target = torch.from_numpy(out)
+    target.copy_(read_only_tensor(np.asarray(codes)))
+    if scales is not None:
+        target.mul_(torch.from_numpy(np.asarray(scales, dtype=np.float32)).unsqueeze(-1))
 
 
 def _starts(sizes: list[int]) -> np.ndarray:

@@ -311,7 +311,8 @@ def test_row_gathers_in_any_order_equal_single_reads(world, index_dir):
     ]
 
 
-def test_disk_and_ram_paths_score_identically(world, index_dir, monkeypatch):
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkeypatch, storage):
     """The exact scorer reads from the memory map into small reused buffers when the
     index is not held in RAM; both paths give the same rows and scores (small steps so
     that buffers are reused across several chunks)."""
@@ -320,6 +321,8 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, monkeypatch):
 
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_IMAGES", 4)
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_CAPTIONS", 8)
+    if storage == "int8":
+        index_dir = build(world, tmp_path / "int8", storage="int8")
 
     ram = VectorSearcher(GalleryIndex(index_dir))
     disk = VectorSearcher(GalleryIndex(index_dir, cache_bytes=0))
