@@ -127,19 +127,32 @@ else
         fail "a dockerd of an earlier run still runs (pid $(cat "$RUNDIR/dockerd.pid"))"
     fi
     rm -f "$RUNDIR/dockerd.pid" "$RUNDIR/docker.sock"
-    log "starting dockerd (data root $STATE/docker, log $STATE/dockerd.log)"
-    dockerd --data-root "$STATE/docker" --exec-root "$RUNDIR/exec" \
-        --pidfile "$RUNDIR/dockerd.pid" --host "$DOCKER_HOST" \
-        >> "$STATE/dockerd.log" 2>&1 &
-    OWN_DOCKERD_PID=$!
-    for _ in $(seq 120); do
-        docker info > /dev/null 2>&1 && break
-        kill -0 "$OWN_DOCKERD_PID" 2> /dev/null || {
+    start_dockerd() {  # extra dockerd flags; returns 1 when dockerd exits while starting
+        log "starting dockerd $* (data root $STATE/docker, log $STATE/dockerd.log)"
+        echo "==== $(date -Is) dockerd $*" >> "$STATE/dockerd.log"
+        dockerd --data-root "$STATE/docker" --exec-root "$RUNDIR/exec" \
+            --pidfile "$RUNDIR/dockerd.pid" --host "$DOCKER_HOST" "$@" \
+            >> "$STATE/dockerd.log" 2>&1 &
+        OWN_DOCKERD_PID=$!
+        for _ in $(seq 120); do
+            docker info > /dev/null 2>&1 && return 0
+            if ! kill -0 "$OWN_DOCKERD_PID" 2> /dev/null; then
+                wait "$OWN_DOCKERD_PID" 2> /dev/null || true
+                OWN_DOCKERD_PID=""
+                return 1
+            fi
+            sleep 0.5
+        done
+    }
+    if ! start_dockerd; then
+        # kernels without the netfilter features docker's bridge setup needs: no iptables
+        # rules (the build uses the host network anyway; published ports use docker-proxy)
+        tail -5 "$STATE/dockerd.log" >&2
+        start_dockerd --iptables=false || {
             tail -20 "$STATE/dockerd.log" >&2
             fail "dockerd exited at start (log: $STATE/dockerd.log)"
         }
-        sleep 0.5
-    done
+    fi
     docker info > /dev/null 2>&1 || fail "dockerd did not answer in 60 s ($STATE/dockerd.log)"
     log "dockerd $(docker info -f '{{.ServerVersion}}') ready, storage $(docker info -f '{{.Driver}}')"
 fi
@@ -267,7 +280,8 @@ if [ -z "${DOCKER_BUILDKIT:-}" ] && ! docker buildx version > /dev/null 2>&1; th
 fi
 log "docker build -t $IMAGE (builder: $([ "${DOCKER_BUILDKIT:-1}" = 0 ] && echo classic || echo BuildKit))"
 set +e
-docker build -f "$ctx/docker/Dockerfile" -t "$IMAGE" "${build_args[@]}" "$ctx" 2>&1 \
+# --network host: the build reaches the package index exactly as the host does
+docker build --network host -f "$ctx/docker/Dockerfile" -t "$IMAGE" "${build_args[@]}" "$ctx" 2>&1 \
     | tee "$WORK/build.log" \
     | grep --line-buffered -E '^(Step [0-9]+/|pip-build\.sh|torch [0-9]|static:|Successfully (built|tagged)| ---> Using cache)'
 build_rc=${PIPESTATUS[0]}
