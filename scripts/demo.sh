@@ -4,5 +4,5 @@
 # `chan demo` (e.g. --port 8080). A second run reuses everything already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh runtime
 exec .venv/bin/chan demo "$@"

@@ -11,4 +11,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# `bash scripts/setup.sh` installs the test tools too; `bash scripts/setup.sh runtime`
+# (what the demo runs) only what the service needs.
+if [ "${1:-test}" = "runtime" ]; then
+    .venv/bin/python -m pip install --quiet -e .
+else
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+fi
