@@ -319,7 +319,8 @@ step_done "demo index"
 # -------------------------------------------------------------- 4. the image's content
 leaks=$(docker run --rm "$IMAGE" sh -c \
     'ls -d /build /src 2> /dev/null; env | grep -E "^(PIP_|TORCH_)" || true; find / -xdev \
-     \( -name "ca.crt" -o -name "torch-*.whl" \) 2> /dev/null' | tr '\n' ' ')
+     \( -name "ca.crt" -o -name "torch-*.whl" \) 2> /dev/null || true' | tr '\n' ' ') \
+    || fail "could not list the final image's content"
 [ -z "$leaks" ] || fail "build-only inputs reached the final image: $leaks"
 docker run --rm "$IMAGE" index --help > /dev/null || fail "'index --help' through the entrypoint failed"
 log "final image holds no build inputs; 'docker run IMAGE index --help' works"
