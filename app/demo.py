@@ -42,7 +42,8 @@ class DemoPaths:
 
 def prepare_demo(options: DemoOptions) -> DemoPaths:
     """Every step before serving; returns where the checkpoint and the index are."""
-    paths = DemoPaths.under(options.workdir)
+    # absolute: the index records image paths, and the server may run from elsewhere
+    paths = DemoPaths.under(options.workdir.resolve())
     started = time.perf_counter()
     _step("1/4 synthetic world", lambda: _world(paths, options))
     _step("2/4 region features", lambda: _features(paths, options))

@@ -51,17 +51,25 @@ async def get_image(
 
 
 def resolve_image_path(uri: str, image_root: Path | None, index_path: Path) -> Path:
-    """A stored path -> an existing file. Relative paths are read under image_root (or
-    next to the index); they may not climb out of it."""
+    """A stored path -> an existing file. Relative paths are read under image_root when
+    it is set, else next to the index or under the working directory (where a relative
+    build usually ran); they may not climb out of that folder."""
     path = Path(uri.removeprefix("file://"))
-    if not path.is_absolute():
-        root = (image_root or index_path.parent).resolve()
-        path = (root / path).resolve()
-        if not path.is_relative_to(root):
+    if path.is_absolute():
+        if not path.is_file():
+            raise ApiError(
+                404, "no_image_file", f"the image file of this id is missing ({path.name})"
+            )
+        return path
+    roots = [image_root] if image_root is not None else [index_path.parent, Path.cwd()]
+    for root in (r.resolve() for r in roots):
+        candidate = (root / path).resolve()
+        if not candidate.is_relative_to(root):
             raise ApiError(404, "no_image_file", "the stored image path leaves the image root")
-    if not path.is_file():
-        raise ApiError(404, "no_image_file", f"the image file of this id is missing ({path.name})")
-    return path
+        if candidate.is_file():
+            return candidate
+    raise ApiError(404, "no_image_file", f"the image file of this id is missing ({path.name}); "
+                   "set CHAN_IMAGE_ROOT to the folder its relative path starts from")  # fmt: skip
 
 
 @lru_cache(maxsize=THUMBNAIL_CACHE)

@@ -3,6 +3,7 @@
 import io
 import itertools
 
+import pytest
 from PIL import Image
 
 from index_builder.searcher import Searcher
@@ -118,3 +119,19 @@ def test_the_app_survives_a_second_lifespan(gallery):
         with client:
             response = client.post("/v1/search/images", json={"text": "a red circle"})
             assert response.status_code == 200
+
+
+def test_relative_image_paths_resolve_under_the_image_root(tmp_path, monkeypatch):
+    from app.errors import ApiError
+    from app.routes.gallery import resolve_image_path
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(b"x")
+    index = tmp_path / "indexes" / "idx"
+    assert resolve_image_path("imgs/a.png", tmp_path, index) == tmp_path / "imgs" / "a.png"
+    monkeypatch.chdir(tmp_path)  # no root set: next to the index, then the working dir
+    assert resolve_image_path("imgs/a.png", None, index) == tmp_path / "imgs" / "a.png"
+    for bad in ("../../etc/passwd", "imgs/missing.png"):
+        with pytest.raises(ApiError) as error:
+            resolve_image_path(bad, tmp_path / "imgs", index)
+        assert error.value.status == 404

@@ -1,6 +1,7 @@
 """`chan demo`'s preparation on a tiny world: every step runs once, then is reused."""
 
 import logging
+from pathlib import Path
 
 from app.cli import main
 from app.demo import DemoOptions, prepare_demo
@@ -15,6 +16,11 @@ def test_demo_prepares_everything_then_reuses_it(tmp_path, caplog):
     first = caplog.text
     assert "wrote 70 images" in first and "trained in" in first and "built" in first
     manifest = fmt.read_manifest(paths.index)
+    from index_builder.searcher import Searcher
+
+    searcher = Searcher.open(paths.index, paths.checkpoint)
+    first = searcher.index.metadata.images([0])[0]
+    assert Path(first.uri).is_absolute() and Path(first.uri).is_file()  # the page can show it
     assert manifest["counts"]["images"] == 10 and manifest["counts"]["captions"] == 50
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="app.demo"):
