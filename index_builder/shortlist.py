@@ -21,7 +21,7 @@ import torch
 
 from index_builder.reader import GalleryIndex
 from model.checkpoint import LoadedCheckpoint
-from model.scoring import Matching, score_image_query, score_text_query
+from model.scoring import Matching, pool_words, score_image_query, score_text_query
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ class VectorSearcher:
             buffer = self._buffer("images", (step, self.index.num_regions, self.index.dim))
 
         def score(chunk: np.ndarray) -> torch.Tensor:
+            if buffer is not None and self.matching.coding == "hard":
+                block, counts, scales = self.index.image_codes(chunk, buffer)
+                return hard_text_scores(words, block, counts, self.matching, scales)
             # padding holds a copy of each image's first region, so no lengths
             block = self.index.filled_images(chunk, buffer)
             return score_text_query(words, block, None, self.matching)
@@ -277,6 +280,29 @@ class VectorSearcher:
 
             self._extractor = load_extractor(spec)
         return self._extractor
+
+
+def hard_text_scores(
+    words: torch.Tensor,
+    regions: torch.Tensor,
+    counts: torch.Tensor,
+    matching: Matching,
+    scales: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact hard-assignment scores of one query's words (L, d) against a small block of
+    images (n, K, d) with `counts` valid regions: one product, padded slots masked to
+    -inf before each word's max, then the model's pooling. The rerank's inner loop: the
+    general scorer's padding fill and chunk planning cost more than the product here.
+    scales: (n, K) per-region factors of unscaled int8 codes, applied to the products."""
+    n, slots, dim = regions.shape
+    sims = regions.reshape(n * slots, dim) @ words.T
+    if scales is not None:
+        sims *= scales.reshape(n * slots, 1)
+    sims = sims.view(n, slots, -1)
+    padded = torch.arange(slots)[None, :] >= counts[:, None]
+    per_word = sims.masked_fill_(padded[:, :, None], float("-inf")).amax(dim=1)  # (n, L)
+    offsets = torch.tensor([0, words.shape[0]])
+    return pool_words(per_word, offsets, matching)[:, 0]
 
 
 def _rank_exactly(

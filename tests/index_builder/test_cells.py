@@ -112,3 +112,20 @@ def test_pool_with_floor_equals_pooling_the_filled_words(pooling):
     np.testing.assert_allclose(
         _pool_rows(table, matching), _pool_segments(table.T.ravel(), np.arange(0, 13, 4), matching)
     )
+
+
+@pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
+def test_rerank_scores_equal_the_model_scorer(pooling):
+    """The rerank's masked fast path equals score_text_query on filled padding."""
+    from index_builder.shortlist import hard_text_scores
+    from model.scoring import fill_padded_regions, score_text_query
+
+    rng = np.random.default_rng(4)
+    matching = Matching(coding="hard", pooling=pooling, pooling_temperature=0.1)
+    regions = torch.from_numpy(_unit(rng.normal(size=(9, 7, 32))))
+    counts = torch.tensor([7, 1, 3, 7, 5, 2, 7, 4, 6])
+    regions[torch.arange(7)[None, :] >= counts[:, None]] = 5.0  # garbage in padding
+    words = torch.from_numpy(_unit(rng.normal(size=(6, 32))))
+    expected = score_text_query(words, fill_padded_regions(regions, counts), None, matching)
+    got = hard_text_scores(words, regions.clone(), counts, matching)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
