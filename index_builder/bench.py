@@ -51,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", nargs="+", default=["float16", "int8"],
                         choices=["float16", "int8"])  # fmt: skip
     parser.add_argument("--memory-budget-gb", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=2, help="torch / FAISS threads (2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch / FAISS threads per query (1, as the service runs)",
+    )
     parser.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
     parser.add_argument(
         "--keep",
