@@ -169,24 +169,24 @@ class GalleryIndex:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Like images(rows, out), but int8 rows are left unscaled and their (C, K) scales
         come back separately (else None): a product can scale its (C*K, L) result
-        instead of the (C*K, d) block, 1/d of the work. Sorted rows of one segment."""
+        instead of the (C*K, d) block, 1/d of the work."""
         rows = np.asarray(rows, dtype=np.int64)
-        parts = list(self._by_segment(rows, self._image_starts))
-        if self._image_cache is None and len(parts) == 1:
-            seg_index, positions, local = parts[0]
-            seg = self.segments[seg_index]
-            in_order = np.array_equal(positions, np.arange(len(rows)))
-            if seg.region_scales is not None and in_order and np.all(np.diff(local) >= 0):
-                take = _as_slice(local)
-                block = out[: len(rows)]
-                _dequantize_into(seg.regions[take], None, block)
-                scales = np.asarray(seg.region_scales[take], dtype=np.float32)
-                counts = torch.from_numpy(self.counts[rows])
-                return torch.from_numpy(block), counts, torch.from_numpy(scales)
-        regions, counts = self.images(rows, out)
-        return regions, counts, None
+        if self._image_cache is not None or self.storage != "int8":
+            regions, counts = self.images(rows, out)
+            return regions, counts, None
+        scales = np.empty((len(rows), self.num_regions), np.float32)
+        block = self._read_images(rows, out[: len(rows)], scales_out=scales)
+        return (
+            torch.from_numpy(block),
+            torch.from_numpy(self.counts[rows]),
+            torch.from_numpy(scales),
+        )
 
-    def _read_images(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _read_images(
+        self, rows: np.ndarray, out: np.ndarray | None = None, scales_out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows dequantised into `out`; with `scales_out` (C, K), int8 codes stay unscaled
+        and their scales are written there instead."""
         if out is None:
             out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
         if self._image_cache is not None:
@@ -198,6 +198,8 @@ class GalleryIndex:
             take = _as_slice(local[order])
             scales = None if seg.region_scales is None else seg.region_scales[take]
             target = positions[order]
+            if scales is not None and scales_out is not None:
+                scales_out[target], scales = scales, None
             if np.array_equal(target, np.arange(len(rows))):
                 # sorted rows, one segment: dequantise straight into the output
                 _dequantize_into(seg.regions[take], scales, out)

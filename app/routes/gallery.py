@@ -36,13 +36,14 @@ async def get_image(
     """The image file (or a JPEG thumbnail with `size`), or a redirect for http(s) URIs."""
     if not image_id or len(image_id) > MAX_ID_CHARS:
         raise ApiError(404, "unknown_id", "image ids are 1 to 512 characters")
-    record = service.current.searcher.image_record(image_id)  # UnknownIdError: 404
+    loaded = service.current  # one index for the whole request, even during a reload
+    record = loaded.searcher.image_record(image_id)  # UnknownIdError: 404
     uri = record.uri
     if not uri:
         raise ApiError(404, "no_image_file", f"image {image_id!r} was indexed without a file")
     if uri.startswith(("http://", "https://")):
         return RedirectResponse(uri, status_code=307)
-    path = resolve_image_path(uri, settings.image_root, service.current.index_path)
+    path = resolve_image_path(uri, settings.image_root, loaded.index_path)
     if size is None:
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})

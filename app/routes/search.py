@@ -79,13 +79,7 @@ async def search_images(
     loaded = service.current
     check_options(body, settings, loaded)
     result = await service.executor.run(
-        loaded.searcher.search_images,
-        body.text,
-        k=body.k,
-        candidates=body.candidates,
-        explain=body.explain,
-        exhaustive=body.exhaustive,
-        filter=body.filter,
+        loaded.searcher.search_images, body.text, **_search_options(body)
     )
     metrics.observe_search("text_to_image", result)
     for hit in result["hits"]:
@@ -113,13 +107,7 @@ async def search_captions(
         query = {"image": await _decode_upload(upload, settings, service)}
     check_options(options, settings, loaded)
     result = await service.executor.run(
-        loaded.searcher.search_captions,
-        **query,
-        k=options.k,
-        candidates=options.candidates,
-        explain=options.explain,
-        exhaustive=options.exhaustive,
-        filter=options.filter,
+        loaded.searcher.search_captions, **query, **_search_options(options)
     )
     metrics.observe_search("image_to_text", result)
     return result
@@ -150,6 +138,11 @@ async def score(request: Request, service: ServiceDep, settings: SettingsDep):
         query = {"image": await _decode_upload(upload, settings, service)}
     check_text(text, settings)
     return await service.executor.run(loaded.searcher.score, text, **query)
+
+
+def _search_options(options: SearchOptions) -> dict[str, Any]:
+    """k, candidates, explain, exhaustive, filter: the searcher's keyword arguments."""
+    return options.model_dump(include=set(SearchOptions.model_fields))
 
 
 def _validated(model, fields: dict[str, Any]):
