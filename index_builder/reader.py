@@ -247,10 +247,6 @@ class GalleryIndex:
                 out[where] = dequantize(seg.words[take], scales)
         return out
 
-    def caption_of_words(self, positions: np.ndarray) -> np.ndarray:
-        """Owner caption row of global word positions."""
-        return np.searchsorted(self.word_offsets, positions, side="right") - 1
-
     @staticmethod
     def _by_segment(rows: np.ndarray, starts: np.ndarray):
         segment_of = np.searchsorted(starts, rows, side="right") - 1
