@@ -46,7 +46,7 @@ def create_app(settings: Settings, service: SearchService | None = None) -> Fast
         title="CHAN image-text retrieval",
         version=API_VERSION,
         description="Text -> images and image -> captions search with CHAN hard alignment. "
-        'Errors are JSON `{"error": {"code", "message"}}`.',
+        'Errors are JSON `{"error": {"code", "message", "request_id"}}`.',
         lifespan=lifespan,
     )
     app.state.settings, app.state.service = settings, service

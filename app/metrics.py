@@ -22,6 +22,12 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self.internal_errors = Counter(
+            "chan_internal_errors_total",
+            "requests that ended in an unexpected exception (answered 500)",
+            ["route"],
+            registry=r,
+        )
         self.latency = Histogram(
             "chan_request_duration_seconds",
             "HTTP request latency",

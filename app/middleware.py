@@ -1,5 +1,7 @@
 """Per-request plumbing: a request id (taken from `X-Request-ID` when sane, returned in
-the same header), the API key check, one structured log line, and the metrics."""
+the same header), the API key check, one structured log line, and the metrics. An
+exception that no handler mapped ends here: logged once with its traceback and the
+request id, counted, and answered as the JSON `internal` 500."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from urllib.parse import unquote
 from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from app.errors import error_response
+from app.errors import error_response, internal_error_response
 
 logger = logging.getLogger("app.access")
 
@@ -30,8 +32,17 @@ class RequestMiddleware(BaseHTTPMiddleware):
         request.state.request_id = request_id
         started = time.perf_counter()
         app = request.app
-        refused = _check_api_key(request, app.state.settings.api_key)
-        response = refused or await call_next(request)
+        try:
+            refused = _check_api_key(request, app.state.settings.api_key)
+            response = refused or await call_next(request)
+        except Exception:
+            logger.exception(
+                "%s %s: unhandled exception (request id %s)", request.method,
+                request.url.path, request_id,
+                extra={"request_id": request_id, "route": _route_name(request)},
+            )  # fmt: skip
+            app.state.metrics.internal_errors.labels(_route_name(request)).inc()
+            response = internal_error_response(request)
         elapsed = time.perf_counter() - started
         route = _route_name(request)
         response.headers["X-Request-ID"] = request_id
@@ -64,7 +75,7 @@ def _check_api_key(request: Request, api_key):
     message = "missing API key" if not given else "wrong API key"
     return error_response(
         401, "unauthorized", f"{message}: send it as `X-API-Key` or `Authorization: Bearer`",
-        {"WWW-Authenticate": "Bearer"},
+        {"WWW-Authenticate": "Bearer"}, request,
     )  # fmt: skip
 
 

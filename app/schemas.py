@@ -101,8 +101,9 @@ class ScoreResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="stable machine-readable code, e.g. `invalid_request`")
+    message: str = Field(description="what went wrong and what to fix")
+    request_id: str | None = Field(description="the request's `X-Request-ID`, for reports")
 
 
 class ErrorBody(BaseModel):
@@ -118,6 +119,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "the upload is too large"),
         (415, "unsupported content type"),
         (422, "the body does not match the schema"),
+        (500, "an unexpected server error (code `internal`), logged under the request id"),
         (503, "overloaded or not ready: retry after `Retry-After` seconds"),
     )
 }
