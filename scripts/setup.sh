@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its test tools.
+# Create a virtual environment (.venv, or CHAN_VENV) and install the project in it.
+#   bash scripts/setup.sh           the project with its test tools (what the tests use)
+#   bash scripts/setup.sh runtime   only what the product needs (the demo, a user install)
 # torch is installed first, pinned to the CPU build: a bare `torch` requirement on a
-# machine without torch would pull a multi-GB CUDA build.
+# machine without torch would pull a multi-GB CUDA build. --no-compile: modules are
+# byte-compiled when first imported, not all of torch at install time (twice as fast).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
+VENV="${CHAN_VENV:-.venv}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-# `bash scripts/setup.sh` installs the test tools too; `bash scripts/setup.sh runtime`
-# (what the demo runs) only what the service needs.
-if [ "${1:-test}" = "runtime" ]; then
-    .venv/bin/python -m pip install --quiet -e .
-else
-    .venv/bin/python -m pip install --quiet -e ".[test]"
-fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet --no-compile "torch==2.13.0"
+case "${1:-test}" in
+    runtime) "$VENV/bin/python" -m pip install --quiet --no-compile -e . ;;
+    test) "$VENV/bin/python" -m pip install --quiet --no-compile -e ".[test]" ;;
+    *) echo "setup.sh: unknown install '$1' (runtime or test)" >&2; exit 2 ;;
+esac

@@ -1,6 +1,7 @@
 """The dependency direction app -> index_builder -> model holds in the source."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,36 @@ def test_readme_opens_with_the_demo_and_the_test_command():
     assert "bash scripts/test.sh" in (root / ".ci" / "run").read_text()
     for script in ("demo.sh", "test.sh", "setup.sh"):
         assert (root / "scripts" / script).is_file()
+
+
+# A reader that stops at its first match (`grep -q`, `head`, `grep -m N`) behind a pipe:
+# under `set -o pipefail` the writer dies of SIGPIPE and the pipeline fails at random.
+EARLY_EXIT_READER = re.compile(r"\|\s*(grep\b[^|]*\s-[A-Za-z]*[qm]|head\b|sed\b[^|]*\dq)")
+
+
+def shell_scripts() -> list[Path]:
+    folders = ("scripts", "docker", "benchmarks", ".ci")
+    found = [p for folder in folders for p in (ROOT / folder).rglob("*") if p.is_file()]
+    return sorted(p for p in found if p.suffix == ".sh" or p.name in ("run", "Dockerfile"))
+
+
+def test_the_shell_scripts_are_found():
+    names = {p.name for p in shell_scripts()}
+    assert {"test.sh", "smoke_runtime.sh", "setup.sh", "run", "Dockerfile"} <= names
+
+
+@pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_early_exit_reader_behind_a_pipe(script):
+    """Capture first, then test (a file or a variable): deterministic under pipefail."""
+    joined = script.read_text().replace("\\\n", " ")  # continuation lines are one command
+    bad = [line.strip() for line in joined.splitlines()
+           if EARLY_EXIT_READER.search(line) and not line.lstrip().startswith("#")]  # fmt: skip
+    assert not bad, f"{script.relative_to(ROOT)}: {bad}"
+
+
+def test_the_early_exit_check_catches_the_pattern():
+    assert EARLY_EXIT_READER.search("docker logs x 2>&1 | grep -q -i -E 'a|b'")
+    assert EARLY_EXIT_READER.search("cmd | head -1")
+    assert EARLY_EXIT_READER.search("cmd | grep -m1 x")
+    assert not EARLY_EXIT_READER.search("grep -q 'x' \"$WORK/container.log\"")
+    assert not EARLY_EXIT_READER.search("cmd | grep --line-buffered -E '^Step'")

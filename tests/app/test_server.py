@@ -1,5 +1,6 @@
 """`chan serve` as a real process on a free loopback port, spoken to over HTTP."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -50,6 +51,34 @@ def test_real_server_answers_over_http(server):
     assert _call(f"{base}/healthz")[0] == 200
     status, _, page = _call(f"{base}/")
     assert status == 200 and b"<html" in page.lower()
+
+
+def _smoke_module():
+    """scripts/smoke_http.py, the stdlib checker the runtime and container tests run."""
+    path = Path(__file__).parents[2] / "scripts" / "smoke_http.py"
+    spec = importlib.util.spec_from_file_location("smoke_http", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_smoke_checker_passes_against_the_real_server(server, capsys):
+    base, _, _ = server
+    assert _smoke_module().main([base, "--api-key", "k3y", "--wait-ready", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "POST /v1/score (upload)" in out and "all 8 checks passed" in out
+
+
+def test_the_smoke_checker_fails_on_plain_text_and_wrong_status():
+    smoke = _smoke_module()
+    with pytest.raises(smoke.SmokeError, match="not JSON"):
+        smoke._decoded("POST /x", 500, {"Content-Type": "text/plain"}, b"Internal", 500)
+    with pytest.raises(smoke.SmokeError, match="HTTP 500"):
+        smoke._decoded("POST /x", 500, {"Content-Type": "application/json"}, b"{}", 200)
+    body = {"hits": [{"rank": 1, "score": 1.0}, {"rank": 2, "score": 2.0}],
+            "timings_ms": {}, "candidates": 2}  # fmt: skip
+    with pytest.raises(smoke.SmokeError, match="not descending"):
+        smoke._check_hits("search", body, 2, {"rank", "score"})
 
 
 def test_real_server_logs_json_with_request_ids_and_stops_on_sigterm(server):
