@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
+from app.bodylimit import depth_message, json_depth
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import SearchOptions
@@ -46,6 +47,7 @@ def check_options(options: SearchOptions, settings: Settings, loaded: Loaded) ->
             "invalid_request",
             f"candidates: at most {settings.max_candidates} (got {options.candidates})",
         )
+    check_filter(options.filter, settings)
     images = loaded.searcher.num_images
     if options.exhaustive and images > settings.exhaustive_max_images:
         raise ApiError(
@@ -54,6 +56,19 @@ def check_options(options: SearchOptions, settings: Settings, loaded: Loaded) ->
             f"exhaustive search is allowed up to {settings.exhaustive_max_images:,} images; "
             f"this gallery has {images:,}: drop `exhaustive` or narrow it with a `filter`",
         )
+
+
+def check_filter(metadata_filter: dict[str, Any] | None, settings: Settings) -> None:
+    """A filter's size, bounded before it becomes SQL."""
+    if not metadata_filter:
+        return
+    if len(metadata_filter) > settings.max_filter_keys:
+        raise ApiError(422, "invalid_request", f"filter: at most {settings.max_filter_keys} "
+                       f"keys (got {len(metadata_filter):,})")  # fmt: skip
+    values = sum(len(v) if isinstance(v, list) else 1 for v in metadata_filter.values())
+    if values > settings.max_filter_values:
+        raise ApiError(422, "invalid_request", f"filter: at most {settings.max_filter_values} "
+                       f"values in all (got {values:,})")  # fmt: skip
 
 
 def check_text(text: str, settings: Settings) -> None:
@@ -119,7 +134,9 @@ async def parse_body(request: Request, settings: Settings) -> tuple[dict[str, An
         except Exception as exc:  # the multipart parser's errors are client errors
             message = f"the multipart body is malformed: {exc}"
             raise ApiError(400, "malformed_form", message) from None
-        fields = {key: _form_value(key, value) for key, value in form.items() if key != "file"}
+        fields = {
+            key: _form_value(key, value, settings) for key, value in form.items() if key != "file"
+        }
         return fields, form.get("file")
     raise ApiError(
         415,
@@ -128,11 +145,15 @@ async def parse_body(request: Request, settings: Settings) -> tuple[dict[str, An
     )
 
 
-def _form_value(key: str, value: Any) -> Any:
+def _form_value(key: str, value: Any, settings: Settings) -> Any:
     if not isinstance(value, str):
         raise ApiError(422, "invalid_request", f"{key}: only `file` may be a file part")
     if key in ("text", "image_id"):
         return value
+    depth = json_depth(value.encode())
+    if depth > settings.max_json_depth:
+        message = depth_message(depth, settings.max_json_depth, f"form field {key!r}")
+        raise ApiError(422, "invalid_request", message)
     try:
         return json.loads(value)
     except ValueError:

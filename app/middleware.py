@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from app.bodylimit import JsonBodyLimit
 from app.errors import error_response, internal_error_response
 
 logger = logging.getLogger("app.access")
@@ -86,4 +87,6 @@ def _route_name(request: Request) -> str:
 
 
 def install_middleware(app: FastAPI) -> None:
+    # the last added runs first: the request id and the log line wrap the body bounds
+    app.add_middleware(JsonBodyLimit)
     app.add_middleware(RequestMiddleware)

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # matches any of its values.
 Scalar = str | int | float | bool
 FilterValue = Scalar | list[Scalar]
+# ids are matched exactly; none holds a control character (the index refuses them)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class _Body(BaseModel):
@@ -31,12 +33,14 @@ class ImageSearchRequest(SearchOptions):
 
 
 class CaptionSearchRequest(SearchOptions):
-    image_id: str = Field(min_length=1, max_length=512, description="a gallery image id")
+    image_id: str = Field(
+        min_length=1, max_length=512, pattern=ID_PATTERN, description="a gallery image id"
+    )
 
 
 class ScoreRequest(_Body):
     text: str = Field(min_length=1)
-    image_id: str = Field(min_length=1, max_length=512)
+    image_id: str = Field(min_length=1, max_length=512, pattern=ID_PATTERN)
 
 
 class WordMatch(BaseModel):

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(1000, ge=1, description="longest query text")
     max_k: int = Field(100, ge=1, le=1000, description="most results per query")
     max_candidates: int = Field(5000, ge=1, description="largest shortlist a client may ask")
+    max_json_bytes: int = Field(64 << 10, ge=1024, description="largest JSON request body")
+    max_json_depth: int = Field(
+        32, ge=2, le=1000, description="deepest nesting of arrays/objects in a JSON body or field"
+    )
+    max_filter_keys: int = Field(32, ge=1, description="most keys in a metadata filter")
+    max_filter_values: int = Field(
+        256, ge=1, description="most values in a metadata filter, all keys together"
+    )
     max_upload_bytes: int = Field(10 << 20, ge=1024, description="largest image upload")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest upload in pixels")
     exhaustive_max_images: int = Field(

@@ -29,6 +29,7 @@ from typing import Any, Literal, Self
 import numpy as np
 
 from index_builder.records import (
+    CONTROL_CHARS,
     CaptionRecord,
     ImageRecord,
     check_id,
@@ -230,12 +231,16 @@ class MetadataStore:
         return self._rows_of("captions", caption_ids)
 
     def _rows_of(self, kind: Kind, ids: Sequence[str]) -> list[int | None]:
+        """Exact matches only: an id with a control character (which no stored id has, see
+        check_new_id) is unknown without asking SQLite, whose text functions stop at a NUL."""
+        listed = _id_list(ids)
         sql = (
             f"SELECT t.row FROM json_each(?) AS j LEFT JOIN {kind} AS t "
             f"ON t.{_ID_COLUMN[kind]} = j.value AND t.deleted = 0 ORDER BY j.key"
         )
+        exact = ["" if CONTROL_CHARS.search(i) else i for i in listed]  # "" is never an id
         with self._lock:
-            return [row for (row,) in self._conn.execute(sql, (json.dumps(_id_list(ids)),))]
+            return [row for (row,) in self._conn.execute(sql, (json.dumps(exact),))]
 
     def images(self, rows: Sequence[int]) -> list[ImageRecord]:
         """Records of these rows (deleted ones included, flagged), in the given order."""

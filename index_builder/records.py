@@ -28,7 +28,7 @@ class ImageRecord:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the record cannot be stored."""
-        check_id(self.image_id, "image_id")
+        check_new_id(self.image_id, "image_id")
         if self.uri is not None and not isinstance(self.uri, str):
             raise ValueError(f"image {self.image_id!r}: uri must be a string or None")
         _check_metadata_type(self.metadata, self.image_id)
@@ -50,11 +50,11 @@ class CaptionRecord:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the record cannot be stored."""
-        check_id(self.caption_id, "caption_id")
+        check_new_id(self.caption_id, "caption_id")
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError(f"caption {self.caption_id!r}: text must be a non-empty string")
         if self.image_id is not None:
-            check_id(self.image_id, "image_id")
+            check_new_id(self.image_id, "image_id")
         _check_metadata_type(self.metadata, self.caption_id)
 
 
@@ -94,9 +94,21 @@ def _check_filter_value(key: str, value: Any) -> None:
         )
 
 
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_id(value: Any, name: str) -> None:
+    """An id to look up: a non-empty string."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def check_new_id(value: Any, name: str) -> None:
+    """An id to store: a non-empty string without control characters, so that every
+    lookup is an exact match (SQLite's text functions stop at a NUL)."""
+    check_id(value, name)
+    if CONTROL_CHARS.search(value):
+        raise ValueError(f"{name} {value!r} contains a control character; ids may not")
 
 
 def _check_metadata_type(metadata: Any, owner: str) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from app.deps import ServiceDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import ERROR_RESPONSES
+from index_builder.records import CONTROL_CHARS
 from model.images import ImageError, load_image
 
 router = APIRouter(prefix="/v1", tags=["gallery"], responses=ERROR_RESPONSES)
@@ -36,6 +37,8 @@ async def get_image(
     """The image file (or a JPEG thumbnail with `size`), or a redirect for http(s) URIs."""
     if not image_id or len(image_id) > MAX_ID_CHARS:
         raise ApiError(404, "unknown_id", "image ids are 1 to 512 characters")
+    if CONTROL_CHARS.search(image_id):
+        raise ApiError(404, "unknown_id", "image ids contain no control characters")
     loaded = service.current  # one index for the whole request, even during a reload
     record = loaded.searcher.image_record(image_id)  # UnknownIdError: 404
     uri = record.uri

@@ -3,6 +3,7 @@ never a 5xx."""
 
 import asyncio
 import io
+import json
 import threading
 
 import pytest
@@ -23,16 +24,131 @@ def _upload(data: bytes, kind: str = "image/jpeg") -> dict:
     return {"files": {"file": ("q", data, kind)}, "data": {"k": "3"}}
 
 
+def _chunks(data: bytes, size: int = 1 << 16) -> list[bytes]:
+    """A body sent chunked (no Content-Length)."""
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+DEEP_ARRAYS = b"[" * 10_000 + b"]" * 10_000
+DEEP_OBJECTS = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+MANY_KEYS = {f"key{n}": n for n in range(1200)}
+
 BAD = [  # (name, method, path, request kwargs, status, words in the message)
     ("empty text", "post", "/v1/search/images", {"json": {"text": ""}}, 422, "text"),
     ("blank text", "post", "/v1/search/images", {"json": {"text": "   "}}, 422, "word"),
     (
-        "1 MB text",
+        "2000-char text",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a" * 2000}},
+        422,
+        "at most 1000",
+    ),
+    (
+        "1 MB JSON body",
         "post",
         "/v1/search/images",
         {"json": {"text": "a" * (1 << 20)}},
+        413,
+        "65,536 bytes",
+    ),
+    (
+        "48 MB JSON body (captions)",
+        "post",
+        "/v1/search/captions",
+        {
+            "content": b'{"image_id": "' + b"x" * (48 << 20) + b'"}',
+            "headers": {"content-type": "application/json"},
+        },
+        413,
+        "65,536 bytes",
+    ),
+    (
+        "chunked 1 MB JSON body",
+        "post",
+        "/v1/search/images",
+        {
+            "content": _chunks(b'{"text": "' + b"a" * (1 << 20) + b'"}'),
+            "headers": {"content-type": "application/json"},
+        },
+        413,
+        "65,536 bytes",
+    ),
+    (
+        "JSON 10,000 arrays deep",
+        "post",
+        "/v1/search/captions",
+        {"content": DEEP_ARRAYS, "headers": {"content-type": "application/json"}},
         422,
-        "at most 1000",
+        "deep",
+    ),
+    (
+        "JSON 10,000 objects deep",
+        "post",
+        "/v1/search/images",
+        {"content": DEEP_OBJECTS, "headers": {"content-type": "application/json"}},
+        422,
+        "deep",
+    ),
+    (
+        "JSON 10,000 deep (score)",
+        "post",
+        "/v1/score",
+        {"content": DEEP_ARRAYS, "headers": {"content-type": "application/json"}},
+        422,
+        "deep",
+    ),
+    (
+        "deep filter field (form)",
+        "post",
+        "/v1/search/captions",
+        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"filter": DEEP_ARRAYS.decode()}},
+        422,
+        "form field 'filter'",
+    ),
+    (
+        "deep k field (form)",
+        "post",
+        "/v1/search/captions",
+        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"k": DEEP_OBJECTS.decode()}},
+        422,
+        "deep",
+    ),
+    (
+        "filter with 1,200 keys",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a", "filter": MANY_KEYS}},
+        422,
+        "at most 32 keys",
+    ),
+    (
+        "filter with 1,200 keys (form)",
+        "post",
+        "/v1/search/captions",
+        {
+            "files": {"file": ("q", _jpeg(), "image/jpeg")},
+            "data": {"filter": json.dumps(MANY_KEYS)},
+        },
+        422,
+        "at most 32 keys",
+    ),
+    (
+        "filter with 1,000 values",
+        "post",
+        "/v1/search/images",
+        {"json": {"text": "a", "filter": {"half": list(range(1000))}}},
+        422,
+        "at most 256 values",
+    ),
+    ("NUL in an image id", "get", "/v1/images/img000030%00.png", {}, 404, "control"),
+    (
+        "NUL in a JSON image id",
+        "post",
+        "/v1/search/captions",
+        {"json": {"image_id": "img000030\x00"}},
+        422,
+        "image_id",
     ),
     ("k=0", "post", "/v1/search/images", {"json": {"text": "a", "k": 0}}, 422, "k"),
     (
@@ -170,6 +286,45 @@ def test_bad_input_gets_a_4xx_that_says_what_to_fix(client, name, method, path, 
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] and words.lower() in error["message"].lower()
+
+
+def _post_routes(client) -> list[str]:
+    paths = client.get("/openapi.json").json()["paths"]
+    return sorted(path for path, methods in paths.items() if "post" in methods)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [DEEP_ARRAYS, DEEP_OBJECTS, b'{"a": ' * 33 + b"1" + b"}" * 33, b"[" * 100_000,
+     b'{"text": "' + b"a" * 70_000 + b'"}'],
+    ids=["arrays", "objects", "33 deep", "unclosed", "70 kB"],
+)  # fmt: skip
+def test_every_json_route_bounds_depth_and_size_before_parsing(client, body):
+    routes = _post_routes(client)
+    assert {"/v1/search/images", "/v1/search/captions", "/v1/score"} <= set(routes)
+    for path in routes:
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code in (413, 422), (path, response.text)
+        assert response.json()["error"]["request_id"]
+    assert client.post("/v1/search/images", json={"text": "a red circle"}).status_code == 200
+
+
+def test_the_depth_bound_is_a_setting(gallery):
+    nested = {"text": "a", "filter": {"half": 1}}  # depth 2
+    with make_client(gallery, max_json_depth=2) as strict:
+        assert strict.post("/v1/search/images", json=nested).status_code == 200
+        deeper = strict.post("/v1/search/images", json={"text": "a", "filter": {"a": [1]}})
+        assert deeper.status_code == 422
+        assert "nested 3 levels deep; at most 2" in deeper.json()["error"]["message"]
+
+
+def test_json_depth_counts_structure_not_strings():
+    from app.bodylimit import json_depth
+
+    assert json_depth(b'{"a": [1, {"b": 2}]}') == 3
+    assert json_depth(b'{"text": "[[[[{{{{ \\" ]]]"}') == 1
+    assert json_depth(b"") == 0 and json_depth(b"7") == 0
+    assert json_depth(DEEP_ARRAYS) == 10_000
 
 
 def test_the_service_still_answers_after_bad_input(client):

@@ -310,3 +310,19 @@ def test_bulk_insert_is_fast(tmp_path: Path) -> None:
         elapsed_s = time.perf_counter() - start
         assert created.counts()["captions"] == 20_000
     assert elapsed_s < 2.0
+
+
+def test_ids_match_exactly(store: MetadataStore) -> None:
+    """A NUL (or any control character) never reaches SQLite, whose text functions stop
+    at it: "a\\x00.png" must not find "a"."""
+    assert store.image_rows(["a", "a\x00", "a\x00.png", "a\n", "\x7fa"]) == [0, None, None,
+                                                                          None, None]  # fmt: skip
+    assert store.caption_rows(["a0\x00x", "a0"]) == [None, 0]
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "tab\there", "line\n", "del\x7f"])
+def test_ids_with_control_characters_are_not_stored(store: MetadataStore, bad_id) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        store.add_images([ImageRecord(bad_id)])
+    with pytest.raises(ValueError, match="control character"):
+        store.add_captions([CaptionRecord(bad_id, "text")])
