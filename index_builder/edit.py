@@ -1,16 +1,17 @@
-"""Changing an index in place: tombstone deletes. The metadata store is edited on a copy
-that replaces the original together with an updated manifest, so a reader that opened
-the old files keeps a consistent view until it reloads."""
+"""Changing an index: tombstone deletes, and rewrites (add, compact). Every change is
+staged beside the index and swapped in with one atomic step (durable.py), so a reader
+that opened the old files keeps a consistent view until it reloads, and a command killed
+at any point leaves the old index or the new one."""
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from index_builder import durable
 from index_builder import format as fmt
 from index_builder.metadata import MetadataStore
 
@@ -19,24 +20,27 @@ logger = logging.getLogger(__name__)
 
 def delete_items(index: Path, image_ids: list[str], caption_ids: list[str]) -> dict[str, int]:
     """Tombstone images and captions; returns how many of each were newly deleted.
-    Unknown ids raise ValueError and change nothing."""
+    Unknown ids raise ValueError and change nothing. The new state is staged beside the
+    index (hard links to the unchanged files, an edited copy of the metadata, the new
+    manifest) and swapped in with one atomic step (durable.commit_dir)."""
+    durable.recover(index)
     manifest = fmt.read_manifest(index)
     fmt.verify_files(index, manifest, checksums=False)
-    source = index / fmt.METADATA
-    work = index / f".{fmt.METADATA}.edit-{os.getpid()}"
-    shutil.copyfile(source, work)
+    staged = durable.staged_path(index)
     try:
-        with MetadataStore.open(work, readonly=False) as store:
+        durable.link_tree(index, staged, skip={fmt.METADATA, fmt.MANIFEST})
+        shutil.copyfile(index / fmt.METADATA, staged / fmt.METADATA)
+        with MetadataStore.open(staged / fmt.METADATA, readonly=False) as store:
             deleted = {
                 "images": store.delete_images(image_ids) if image_ids else 0,
                 "captions": store.delete_captions(caption_ids) if caption_ids else 0,
             }
-        manifest["files"][fmt.METADATA] = fmt.file_entries(index, [work.name])[work.name]
-        os.replace(work, source)
+        manifest["files"][fmt.METADATA] = fmt.file_entries(staged, [fmt.METADATA])[fmt.METADATA]
+        fmt.write_manifest(staged, manifest)
+        durable.commit_dir(staged, index)
     except BaseException:
-        work.unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    fmt.write_manifest(index, manifest)
     logger.info("%s: deleted %s", index, deleted)
     return deleted
 
@@ -72,6 +76,7 @@ def add_items(
     from index_builder.build import BuildOptions, open_gallery, read_captions_jsonl
     from model.checkpoint import checkpoint_hash, load_checkpoint
 
+    durable.recover(index_path)
     manifest = fmt.read_manifest(index_path)
     fmt.check_checkpoint(manifest, checkpoint_hash(checkpoint), index_path)
     loaded = load_checkpoint(checkpoint)
@@ -119,6 +124,7 @@ def _rewrite(index_path: Path, extra: _Extra | None, recall_queries: int, progre
     from index_builder.reader import GalleryIndex
     from index_builder.writer import IndexWriter, WriterSpec
 
+    durable.recover(index_path)
     index = GalleryIndex(index_path, checksums=True)
     manifest = index.manifest
     images = np.flatnonzero(index.live_images)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from index_builder import durable
 from index_builder import format as fmt
 from index_builder.cells import train_centroids, write_codes
 from index_builder.metadata import CaptionRecord, ImageRecord, MetadataStore
@@ -83,6 +83,7 @@ class IndexWriter:
         overwrite: bool = False,
     ) -> None:
         self.out, self.spec = Path(out), spec
+        durable.recover(self.out)
         self.work = self.out.with_name(self.out.name + ".partial")
         self.seg = self.work / fmt.segment_name(0)
         self.counts = np.asarray(region_counts, dtype=np.int32)
@@ -243,7 +244,7 @@ class IndexWriter:
         manifest["files"] = fmt.file_entries(self.work, names)
         fmt.write_manifest(self.work, manifest)
         (self.work / "state.json").unlink()
-        _move_into_place(self.work, self.out)
+        durable.commit_dir(self.work, self.out)  # one atomic step; see durable.py
         logger.info("index written to %s", self.out)
         return self.out
 
@@ -451,15 +452,3 @@ def override_choice(choice: IndexChoice, factory: str, count: int) -> IndexChoic
         ef_search=(choice.ef_search or 128) if hnsw else None,
         reason=f"given by the user (policy suggested {choice.factory})",
     )
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    """Rename the finished directory to `out`; a previous index is moved aside first and
-    removed only after the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old)

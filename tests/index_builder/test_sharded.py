@@ -9,18 +9,18 @@ from index_builder import format as fmt
 from index_builder.build import parse_shard, shard_of
 from index_builder.searcher import Searcher, UnknownIdError
 from index_builder.sharded import ShardedSearcher, shard_dirs
-from tests.index_builder.test_index import build, world  # noqa: F401 - the fixture
+from tests.index_builder.test_index import build
 
 
 @pytest.fixture(scope="module")
-def shards(world):  # noqa: F811 - the imported fixture
+def shards(world):
     root = world / "shards"
     for i in range(3):
         build(world, root / f"shard-{i}", shard=(i, 3))
     return root
 
 
-def test_shards_partition_the_gallery(world, shards):  # noqa: F811
+def test_shards_partition_the_gallery(world, shards):
     full = Searcher.open(build(world, world / "full-for-shards"), world / "ckpt")
     counts = [fmt.read_manifest(d)["counts"] for d in shard_dirs(shards)]
     assert sum(c["images"] for c in counts) == full.index.num_images
@@ -31,7 +31,7 @@ def test_shards_partition_the_gallery(world, shards):  # noqa: F811
         assert all(shard_of(image_id, 3) == i for image_id in ids)
 
 
-def test_merged_results_equal_the_whole_gallery(world, shards):  # noqa: F811
+def test_merged_results_equal_the_whole_gallery(world, shards):
     full = Searcher.open(world / "full-for-shards", world / "ckpt")
     sharded = ShardedSearcher.open(shards, world / "ckpt")
     assert len(sharded.shards) == 3 and sharded.num_images == full.num_images
@@ -55,7 +55,7 @@ def test_merged_results_equal_the_whole_gallery(world, shards):  # noqa: F811
     assert sharded.summary()["images"] == full.summary()["images"]
 
 
-def test_shard_argument_and_cli(world, tmp_path, capsys):  # noqa: F811
+def test_shard_argument_and_cli(world, tmp_path, capsys):
     assert parse_shard("2/5") == (2, 5)
     for bad in ("5/5", "a/2", "1", "-1/2"):
         with pytest.raises(ValueError, match="I/N"):
@@ -71,7 +71,7 @@ def test_shard_argument_and_cli(world, tmp_path, capsys):  # noqa: F811
     assert "I/N" in capsys.readouterr().err
 
 
-def test_the_service_serves_a_folder_of_shards(world, shards):  # noqa: F811
+def test_the_service_serves_a_folder_of_shards(world, shards):
     from fastapi.testclient import TestClient
 
     from app.main import create_app

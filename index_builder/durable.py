@@ -1,0 +1,147 @@
+"""How every change reaches an index directory: one atomic step, nothing half-visible.
+
+Every write path (a build, `--overwrite`, delete, add, compact) stages the complete new
+directory beside the index, syncs it to disk, and then makes it the index in a single
+`renameat2(RENAME_EXCHANGE)`: the two directory entries swap at once, so a reader, or a
+process killed at any instruction, sees the old index or the new one, complete and
+verifying, never neither. The old directory, now at the staged name, is removed last.
+Unchanged files reach the staged directory as hard links (a delete does not copy
+gigabytes of vectors); only the files that change are written anew.
+
+Where the file system cannot exchange two entries, the old index is first renamed aside
+(`.NAME.old-PID`) and the staged one renamed into place; a crash between the two leaves
+the old index aside, and `recover()`, which every write command runs first, puts it
+back. `recover()` also removes what a killed command left: staged directories and old
+directories after an exchange (`.NAME.edit-PID`, `NAME.partial` without build state).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+BUILD_STATE = "state.json"  # a resumable build keeps its NAME.partial/ while it has one
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def staged_path(target: Path, purpose: str = "edit") -> Path:
+    """Where a change of `target` is staged: a hidden sibling (same file system)."""
+    return target.with_name(f".{target.name}.{purpose}-{os.getpid()}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under root to disk (a SIGKILL cannot lose written
+    pages, but a power cut can: the exchange must not outrun the data)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+def link_tree(source: Path, staged: Path, skip: set[str]) -> None:
+    """Recreate source's folders under staged, every file a hard link (a copy where the
+    file system has no hard links), except the top-level names in `skip`."""
+    for folder, dirs, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (staged / relative).mkdir(parents=True, exist_ok=True)
+        if relative == Path("."):
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            if relative == Path(".") and name in skip:
+                continue
+            src, dst = Path(folder) / name, staged / relative / name
+            try:
+                os.link(src, dst)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copy2(src, dst)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically; False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def commit_dir(staged: Path, target: Path) -> None:
+    """Make the complete directory `staged` the directory `target` in one atomic step
+    (see the module docstring); the previous target is removed afterwards."""
+    parent = target.parent
+    fsync_tree(staged)
+    if not target.exists():
+        os.replace(staged, target)
+        fsync_dir(parent)
+        return
+    if exchange(staged, target):
+        fsync_dir(parent)
+        shutil.rmtree(staged)  # the old directory, now under the staged name
+        return
+    aside = staged_path(target, "old")
+    os.replace(target, aside)
+    fsync_dir(parent)
+    os.replace(staged, target)
+    fsync_dir(parent)
+    shutil.rmtree(aside)
+
+
+def leftovers(target: Path) -> list[Path]:
+    """What interrupted commands left beside `target`, newest first."""
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    found = [p for p in parent.glob(f".{target.name}.old-*") if p.is_dir()]
+    found += [p for p in parent.glob(f".{target.name}.edit-*") if p.is_dir()]
+    partial = target.with_name(target.name + ".partial")
+    if partial.is_dir() and not (partial / BUILD_STATE).exists():
+        found.append(partial)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover(target: Path) -> list[str]:
+    """Undo what an interrupted change left: an index renamed aside while the target is
+    missing comes back; staged and superseded directories go. Returns what was done."""
+    done = []
+    for path in leftovers(target):
+        if path.name.startswith(f".{target.name}.old-") and not target.exists():
+            os.replace(path, target)
+            fsync_dir(target.parent)
+            done.append(f"restored {target} from {path.name}")
+            continue
+        shutil.rmtree(path)
+        done.append(f"removed {path.name}")
+    for line in done:
+        logger.warning("%s: %s (left by an interrupted command)", target, line)
+    return done

@@ -1,0 +1,214 @@
+"""Fault injection: every write command (build --overwrite, delete, add, compact) is
+killed with SIGKILL just before each of its file-system mutations of the index's entry
+or its top-level files, one run per mutation. After every kill the index must exist,
+verify, and hold the old state or the new one; `recover` then removes what was left.
+
+The kill needs no hook in the product: the runner wraps os.replace / os.rename /
+os.unlink / os.remove / os.link / shutil.rmtree / shutil.copyfile (and the atomic
+exchange, where the code has one) and counts only calls that touch the index directory
+itself (its name, its siblings `NAME.*` / `.NAME.*`) or a file directly inside it.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from index_builder import durable
+from index_builder import format as fmt
+from index_builder.metadata import MetadataStore
+from index_builder.verify import verify_index
+from tests.index_builder.test_index import build
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_RUNS = 40  # a command with more mutations than this fails the test (bounds the time)
+
+RUNNER = r"""
+import os, shutil, signal, sys
+from pathlib import Path
+
+target, kill_at, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+seen = 0
+
+
+def touches(arg):
+    if not isinstance(arg, (str, bytes, os.PathLike)):
+        return False
+    path = Path(os.fsdecode(arg))
+    if path.parent == target:
+        return True
+    name = path.name
+    return path.parent == target.parent and (
+        name == target.name or name.startswith((target.name + ".", "." + target.name + ".")))
+
+
+def wrap(owner, name):
+    real = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        global seen
+        if any(touches(a) for a in args[:2]):
+            seen += 1
+            if seen == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+for name in ("replace", "rename", "unlink", "remove", "link"):
+    wrap(os, name)
+for name in ("rmtree", "copyfile"):
+    wrap(shutil, name)
+try:
+    from index_builder import durable
+    wrap(durable, "exchange")
+except ImportError:
+    pass
+
+from app.cli import main
+
+code = main(argv)
+print(f"MUTATIONS {seen}")
+sys.exit(code)
+"""
+
+
+def _run(target: Path, kill_at: int, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, str(target), str(kill_at), *argv],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _state(index: Path) -> dict:
+    """What distinguishes old from new: counts, storage and live rows."""
+    manifest = fmt.read_manifest(index)
+    with MetadataStore.open(index / fmt.METADATA) as store:
+        counts = store.counts()
+    return {"storage": manifest["storage"], "images": manifest["counts"]["images"],
+            "captions": manifest["counts"]["captions"], "live_images": counts["live_images"],
+            "live_captions": counts["live_captions"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pristine(world):
+    """A built index, and a copy of it with two images deleted (for compact)."""
+    index = build(world, world / "crash-base")
+    with_deletes = world / "crash-deleted"
+    shutil.copytree(index, with_deletes)
+    with MetadataStore.open(index / fmt.METADATA) as store:
+        first = [r.image_id for r in store.images([0, 1])]
+    from index_builder.edit import delete_items
+
+    delete_items(with_deletes, first, [])
+    captions = world / "crash-new-captions.jsonl"
+    captions.write_text("".join(json.dumps({"id": f"new{n}", "text": f"a red circle {n}"})
+                                + "\n" for n in range(3)))  # fmt: skip
+    return {"index": index, "deleted": with_deletes, "captions": captions, "first": first}
+
+
+def _commands(world, pristine):
+    """name -> (index to start from, argv given the target path)."""
+    synth = world / "synth"
+    return {
+        "build --overwrite": (pristine["index"], lambda t: [
+            "index", "build", "--checkpoint", str(world / "ckpt"), "--features", str(synth),
+            "--split", "test", "--images", str(synth / "test_images.txt"), "--captions",
+            str(synth / "captions.jsonl"), "--caption-split", "test", "--out", str(t),
+            "--storage", "int8", "--recall-queries", "5", "--overwrite"]),
+        "delete": (pristine["index"], lambda t: [
+            "index", "delete", str(t), "--image", pristine["first"][0]]),
+        "add": (pristine["index"], lambda t: [
+            "index", "add", str(t), "--checkpoint", str(world / "ckpt"),
+            "--captions", str(pristine["captions"])]),
+        "compact": (pristine["deleted"], lambda t: ["index", "compact", str(t)]),
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["build --overwrite", "delete", "add", "compact"])
+def test_a_kill_at_any_mutation_leaves_the_old_or_the_new_index(world, pristine, command,
+                                                                tmp_path):  # fmt: skip
+    start, argv = _commands(world, pristine)[command]
+    old = _state(start)
+    new = None
+    outcomes = []
+    for kill_at in range(1, MAX_RUNS + 1):
+        target = tmp_path / f"run{kill_at}" / "idx"
+        target.parent.mkdir()
+        shutil.copytree(start, target)
+        result = _run(target, kill_at, argv(target))
+        if result.returncode != -signal.SIGKILL:
+            assert result.returncode == 0, result.stderr[-2000:]
+            mutations = int(result.stdout.rsplit("MUTATIONS ", 1)[1].split()[0])
+            assert mutations == kill_at - 1
+            new = _state(target)
+            verify_index(target)
+            break
+        assert target.is_dir(), f"killed before mutation {kill_at}: no index at {target}"
+        try:
+            verify_index(target)
+        except fmt.IndexFormatError as exc:
+            pytest.fail(f"killed before mutation {kill_at}: the index does not verify: {exc}")
+        outcomes.append((kill_at, _state(target)))
+        durable.recover(target)
+        assert durable.leftovers(target) == []
+        verify_index(target)
+    else:
+        pytest.fail(f"{command}: still killed after {MAX_RUNS} mutations")
+    assert new != old  # the command changed something
+    for kill_at, state in outcomes:
+        assert state in (old, new), f"killed before mutation {kill_at}: {state}"
+
+
+def test_recover_puts_back_an_index_left_aside(tmp_path):
+    """The fallback where the file system cannot exchange entries: killed between its two
+    renames, the index sits at `.NAME.old-PID`; the next command restores it."""
+    target = tmp_path / "idx"
+    (target / "seg000").mkdir(parents=True)
+    (target / "manifest.json").write_text("{}")
+    aside = durable.staged_path(target, "old")
+    target.rename(aside)
+    staged = durable.staged_path(target, "edit")
+    staged.mkdir()
+    assert set(durable.leftovers(target)) == {aside, staged}
+    done = durable.recover(target)
+    assert (target / "manifest.json").read_text() == "{}"
+    assert not aside.exists() and not staged.exists()
+    assert any("restored" in line for line in done)
+
+
+def test_commit_without_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
+    target, staged = tmp_path / "idx", tmp_path / ".idx.edit-1"
+    target.mkdir()
+    (target / "f").write_text("old")
+    staged.mkdir()
+    (staged / "f").write_text("new")
+    monkeypatch.setattr(durable, "exchange", lambda a, b: False)
+    durable.commit_dir(staged, target)
+    assert (target / "f").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_commit_exchanges_in_one_step(tmp_path):
+    target, staged = tmp_path / "idx", tmp_path / ".idx.edit-1"
+    for folder, text in ((target, "old"), (staged, "new")):
+        folder.mkdir()
+        (folder / "f").write_text(text)
+    assert durable.exchange(staged, target)  # this machine's file system supports it
+    assert (target / "f").read_text() == "new" and (staged / "f").read_text() == "old"
+
+
+def test_a_resumable_build_is_not_a_leftover(tmp_path):
+    target = tmp_path / "idx"
+    partial = target.with_name("idx.partial")
+    partial.mkdir()
+    (partial / durable.BUILD_STATE).write_text("{}")
+    assert durable.leftovers(target) == []
+    (partial / durable.BUILD_STATE).unlink()
+    assert durable.leftovers(target) == [partial]
