@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from index_builder.shortlist import SearchParams, VectorSearcher
 from index_builder.writer import IndexWriter, WriterSpec
 
 logger = logging.getLogger(__name__)
+# the "checkpoint" of synthetic embeddings: no model encoded them
+SYNTHETIC_CHECKPOINT = hashlib.sha256(b"synthetic embeddings").hexdigest()
 
 NOISE = 0.6  # noise norm relative to the unit centroid: cos(copy, centroid) ~ 0.86
 FUNCTION_WORDS = 16  # shared words every caption draws from
@@ -121,7 +124,7 @@ def build(world: World, out: Path, storage: str, budget: int) -> dict[str, Any]:
     n_caps = args.images * args.captions_per_image
     spec = WriterSpec(
         num_regions=args.regions, dim=args.dim, matching=MATCHING, storage=storage,
-        checkpoint={"sha256": "synthetic", "path": None, "config": None},
+        checkpoint={"sha256": SYNTHETIC_CHECKPOINT, "path": None, "config": None},
         memory_budget_bytes=budget, pooled=False,
         build={"synthetic": {k: v for k, v in vars(args).items() if k in BENCH_KEYS}},
     )  # fmt: skip

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from index_builder import manifest as manifest_schema
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "chan-index"
@@ -62,15 +64,6 @@ def segment_name(number: int) -> str:
     return f"seg{number:03d}"
 
 
-def segment_files(storage: str) -> list[str]:
-    """The array files of one segment for a storage dtype."""
-    files = ["regions.npy", "region_counts.npy", "region_boxes.npy", "region_owner.npy"]
-    files += ["image_pooled.npy", "words.npy", "word_offsets.npy", "caption_pooled.npy"]
-    if storage == "int8":
-        files += ["region_scales.npy", "word_scales.npy"]
-    return files
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -87,10 +80,14 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]
     }
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the manifest with its own checksum (checked against the schema first);
+    returns what was written."""
+    sealed = manifest_schema.seal(manifest)
     tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(sealed, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, directory / MANIFEST)
+    return sealed
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -106,23 +103,35 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             "rebuild it"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index") from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(
+            f"{path} holds a JSON {type(manifest).__name__}, not a manifest object; "
+            "rebuild the index"
+        )
     if manifest.get("format") != FORMAT:
-        raise IndexFormatError(f"{path} is not a {FORMAT} manifest")
+        raise IndexFormatError(f"{path} is not a {FORMAT} manifest; rebuild the index")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise IndexFormatError(
-            f"{directory} is index format version {version}; this code reads version "
+            f"{directory} is index format version {version!r}; this code reads version "
             f"{FORMAT_VERSION}: rebuild the index with this version of `chan index build`"
         )
+    try:
+        manifest_schema.check_manifest(manifest, path)
+    except ValueError as exc:
+        raise IndexFormatError(f"{exc}; rebuild the index") from None
     return manifest
 
 
 def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
     """Every listed file exists with its size (and sha256 when checksums=True)."""
-    for name, entry in manifest["files"].items():
+    files = manifest["files"]
+    schema = manifest_schema.ManifestModel.model_validate(manifest)
+    for name in manifest_schema.required_files(schema):
+        entry = files[name]
         path = directory / name
         if not path.is_file():
             raise IndexFormatError(f"{path} is missing; the index is incomplete: rebuild it")
@@ -156,7 +165,12 @@ class Segment:
 
 def open_segment(directory: Path, storage: str) -> Segment:
     def load(name: str) -> np.ndarray:
-        return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(
+                f"{directory / name} is not a readable .npy array ({exc}); rebuild the index"
+            ) from None
 
     int8 = storage == "int8"
     return Segment(
@@ -173,6 +187,50 @@ def open_segment(directory: Path, storage: str) -> Segment:
             np.asarray(load(REGION_CODES)) if (directory / REGION_CODES).exists() else None
         ),
     )
+
+
+def check_segment(directory: Path, seg: Segment, entry: dict[str, Any],
+                  manifest: dict[str, Any]) -> None:  # fmt: skip
+    """The arrays of one segment agree with the manifest: shapes, dtypes, row counts."""
+    n, m = entry["images"], entry["captions"]
+    k, d = manifest["num_regions"], manifest["dim"]
+    store = np.dtype(manifest["storage"])
+    vectors = int(np.asarray(seg.counts, dtype=np.int64).sum()) if len(seg.counts) else 0
+    words = int(seg.offsets[-1]) if len(seg.offsets) else -1
+    expected = {
+        "regions.npy": (seg.regions, (n, k, d), store),
+        "region_counts.npy": (seg.counts, (n,), None),
+        "region_boxes.npy": (seg.boxes, (n, k, 4), np.dtype(np.float32)),
+        "region_owner.npy": (seg.owner, (vectors,), None),
+        "words.npy": (seg.words, (words, d), store),
+        "word_offsets.npy": (seg.offsets, (m + 1,), None),
+    }
+    if seg.region_scales is not None:
+        expected["region_scales.npy"] = (seg.region_scales, (n, k), None)
+        expected["word_scales.npy"] = (seg.word_scales, (words,), None)
+    if seg.region_codes is not None:
+        expected[REGION_CODES] = (seg.region_codes, (vectors,), None)
+    if seg.word_codes is not None:
+        expected[WORD_CODES] = (seg.word_codes, (words,), None)
+    for name, (array, shape, dtype) in expected.items():
+        if array.shape != shape:
+            raise IndexFormatError(
+                f"{directory / name} has shape {array.shape}, the manifest implies {shape} "
+                f"(num_regions {k}, dim {d}, {n} images, {m} captions); rebuild the index"
+            )
+        if dtype is not None and array.dtype != dtype:
+            raise IndexFormatError(
+                f"{directory / name} holds {array.dtype}, the manifest's storage is "
+                f"{manifest['storage']}; rebuild the index"
+            )
+    if n and (int(seg.counts.min()) < 1 or int(seg.counts.max()) > k):
+        raise IndexFormatError(
+            f"{directory / 'region_counts.npy'}: region counts outside 1..{k}; rebuild the index"
+        )
+    if seg.offsets[0] != 0 or np.any(np.diff(seg.offsets) < 1):
+        raise IndexFormatError(
+            f"{directory / 'word_offsets.npy'}: not increasing from 0; rebuild the index"
+        )
 
 
 def check_checkpoint(manifest: dict[str, Any], checkpoint_digest: str, where: Path) -> None:

@@ -38,22 +38,24 @@ class GalleryIndex:
     ) -> None:
         self.path = Path(path)
         self.manifest = fmt.read_manifest(self.path)
-        if "files" in self.manifest:  # absent only while a build measures its own recall
-            fmt.verify_files(self.path, self.manifest, checksums=checksums)
+        fmt.verify_files(self.path, self.manifest, checksums=checksums)
         if checkpoint_sha256 is not None:
             fmt.check_checkpoint(self.manifest, checkpoint_sha256, self.path)
         self.storage = self.manifest["storage"]
         self.num_regions, self.dim = self.manifest["num_regions"], self.manifest["dim"]
         self.matching = Matching(**self.manifest["matching"])
-        self.segments = [
-            fmt.open_segment(self.path / s["name"], self.storage) for s in self.manifest["segments"]
-        ]
+        self.segments = []
+        for entry in self.manifest["segments"]:
+            segment = fmt.open_segment(self.path / entry["name"], self.storage)
+            fmt.check_segment(self.path / entry["name"], segment, entry, self.manifest)
+            self.segments.append(segment)
         self._image_starts = _starts([len(s.counts) for s in self.segments])
         self._word_starts = _starts([len(s.words) for s in self.segments])
         self.counts = np.concatenate([s.counts for s in self.segments]).astype(np.int64)
         self.region_owner = np.concatenate([s.owner for s in self.segments])
         self.word_offsets = _global_offsets([s.offsets for s in self.segments])
         self.metadata = MetadataStore.open(self.path / fmt.METADATA)
+        self._check_metadata_rows()
         self.faiss = self._load_faiss()
         self.word_codes, self.word_centroids = self._cells("word", fmt.WORD_INDEX)
         self.region_codes, self.region_centroids = self._cells("region", fmt.REGION_INDEX)
@@ -77,15 +79,41 @@ class GalleryIndex:
         if cache_bytes:
             self.warm(cache_bytes)
 
+    def _check_metadata_rows(self) -> None:
+        stored = self.metadata.counts()
+        if (stored["images"], stored["captions"]) != (self.num_images, self.num_captions):
+            self.metadata.close()
+            raise fmt.IndexFormatError(
+                f"{self.path / fmt.METADATA} has {stored['images']} images and "
+                f"{stored['captions']} captions, the manifest {self.num_images} and "
+                f"{self.num_captions}; rebuild the index"
+            )
+
     def _load_faiss(self) -> dict[str, Any]:
         import faiss
 
         indexes = {}
         for name, choice in self.manifest["faiss"].items():
-            index = faiss.read_index(str(self.path / name))
-            apply_search_params(
-                index, {"nprobe": choice["nprobe"], "ef_search": choice["ef_search"]}
-            )
+            try:
+                index = faiss.read_index(str(self.path / name))
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+                raise fmt.IndexFormatError(
+                    f"{self.path / name} is not a readable FAISS index ({first}); rebuild the index"
+                ) from None
+            if index.d != self.dim:
+                raise fmt.IndexFormatError(
+                    f"{self.path / name} has dimension {index.d}, the manifest's dim is "
+                    f"{self.dim}; rebuild the index"
+                )
+            try:
+                apply_search_params(
+                    index, {"nprobe": choice["nprobe"], "ef_search": choice["ef_search"]}
+                )
+            except ValueError as exc:
+                raise fmt.IndexFormatError(
+                    f"{self.path / fmt.MANIFEST}: faiss.{name}: {exc}; rebuild the index"
+                ) from None
             indexes[name] = index
         return indexes
 

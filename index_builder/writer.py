@@ -25,6 +25,7 @@ from tqdm import tqdm
 from index_builder import durable
 from index_builder import format as fmt
 from index_builder.cells import train_centroids, write_codes
+from index_builder.manifest import segment_files
 from index_builder.metadata import CaptionRecord, ImageRecord, MetadataStore
 from index_builder.policy import (
     FLAT_MAX_VECTORS,
@@ -233,16 +234,16 @@ class IndexWriter:
         choices = self._build_faiss(progress)
         self._write_metadata(images, captions)
         manifest = self._manifest(choices, time.perf_counter() - started)
-        fmt.write_manifest(self.work, manifest)  # without checksums: lets the reader open it
-        if measure_recall is not None:
-            manifest["recall"] = measure_recall(self.work)
         names = [fmt.METADATA, *(f"{c}" for c in manifest["faiss"])]
-        names += [f"{fmt.segment_name(0)}/{f}" for f in fmt.segment_files(self.spec.storage)]
+        names += [f"{fmt.segment_name(0)}/{f}" for f in segment_files(self.spec.storage)]
         for codes in (fmt.REGION_CODES, fmt.WORD_CODES):
             if (self.seg / codes).exists():
                 names.append(f"{fmt.segment_name(0)}/{codes}")
         manifest["files"] = fmt.file_entries(self.work, names)
-        fmt.write_manifest(self.work, manifest)
+        fmt.write_manifest(self.work, manifest)  # complete: the recall run opens it
+        if measure_recall is not None:
+            manifest["recall"] = measure_recall(self.work)
+            fmt.write_manifest(self.work, manifest)
         (self.work / "state.json").unlink()
         durable.commit_dir(self.work, self.out)  # one atomic step; see durable.py
         logger.info("index written to %s", self.out)

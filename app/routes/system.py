@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from app.deps import MetricsDep, ServiceDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import ERROR_RESPONSES
 from app.service import Loaded
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["system"])
 
@@ -93,7 +96,12 @@ async def reload(
     body = body or ReloadRequest()
     try:
         loaded = await asyncio.to_thread(service.load, body.index, body.checkpoint)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ApiError(409, "reload_failed", f"still serving the previous index: {exc}") from None
+    except Exception as exc:  # whatever the new index did wrong, the old one keeps serving
+        if not isinstance(exc, OSError | ValueError):
+            logger.exception("reload of %s failed unexpectedly", body.index)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ApiError(
+            409, "reload_failed", f"still serving the previous index: {message}"
+        ) from None
     return {"reloaded": True, "index": str(loaded.index_path),
             "load_seconds": loaded.load_seconds}  # fmt: skip

@@ -1,0 +1,182 @@
+"""The manifest's schema and its own checksum: every key, type and range of
+`manifest.json`, and the files the format requires, checked on every read. A manifest
+that fails is refused with one line naming the file, the field and the fix.
+
+The checksum (`manifest_sha256`) is the sha256 of the manifest's canonical JSON (sorted
+keys, no spaces) without that key: an edited or damaged manifest is refused even when
+every value in it would pass the schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CHECKSUM_KEY = "manifest_sha256"
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=0)]
+FAISS_FILES = ("regions.faiss", "words.faiss", "images_pooled.faiss", "captions_pooled.faiss")
+CODE_FILES = ("region_codes.npy", "word_codes.npy")
+METADATA_FILE = "metadata.sqlite"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class FileEntry(_Strict):
+    bytes: Count
+    sha256: Hex64
+
+
+class CheckpointRef(_Strict):
+    sha256: Hex64
+    path: str | None
+    config: dict[str, Any] | None
+
+
+class MatchingSpec(_Strict):
+    coding: Literal["hard", "soft", "global"]
+    pooling: Literal["lse", "mean", "max", "sum"]
+    pooling_temperature: float = Field(gt=0)
+    soft_temperature: float = Field(gt=0)
+
+
+class Counts(_Strict):
+    images: int = Field(ge=1)
+    captions: Count
+    region_vectors: int = Field(ge=1)
+    word_vectors: Count
+
+
+class SegmentEntry(_Strict):
+    name: str = Field(pattern=r"^seg[0-9]{3}$")
+    images: int = Field(ge=1)
+    captions: Count
+
+
+class FaissEntry(_Strict):
+    factory: str = Field(min_length=1)
+    metric: Literal["inner_product"]
+    train_vectors: Count
+    nprobe: int | None = Field(ge=1)  # required, even when null: the reader sets them
+    ef_search: int | None = Field(ge=1)
+    bytes_estimate: Count
+    reason: str
+
+
+class ManifestModel(_Strict):
+    format: Literal["chan-index"]
+    format_version: Literal[1]
+    checkpoint: CheckpointRef
+    extractor: dict[str, Any] | None
+    matching: MatchingSpec
+    counts: Counts
+    num_regions: int = Field(ge=1, le=4096)
+    dim: int = Field(ge=1, le=65536)
+    storage: Literal["float16", "int8"]
+    segments: list[SegmentEntry] = Field(min_length=1)
+    faiss: dict[Literal[FAISS_FILES], FaissEntry]  # type: ignore[valid-type]
+    build: dict[str, Any]
+    versions: dict[str, str]
+    recall: dict[str, Any] | None = None
+    files: dict[str, FileEntry]
+    manifest_sha256: Hex64
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ManifestModel:
+        counts = self.counts
+        names = [s.name for s in self.segments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"segments: names repeat ({names})")
+        if sum(s.images for s in self.segments) != counts.images:
+            raise ValueError("counts.images: differs from the segments' images")
+        if sum(s.captions for s in self.segments) != counts.captions:
+            raise ValueError("counts.captions: differs from the segments' captions")
+        if not counts.images <= counts.region_vectors <= counts.images * self.num_regions:
+            raise ValueError("counts.region_vectors: outside 1..num_regions per image")
+        if counts.word_vectors < counts.captions:
+            raise ValueError("counts.word_vectors: fewer than one word per caption")
+        config = self.checkpoint.config or {}
+        for key, value in self.matching.model_dump().items():
+            if key in config and config[key] != value:
+                raise ValueError(
+                    f"matching.{key}: {value!r} differs from the checkpoint's {config[key]!r}"
+                )
+        missing = sorted(set(required_files(self)) - set(self.files))
+        if missing:
+            raise ValueError(f"files: does not list {', '.join(missing[:4])}")
+        unknown = sorted(set(self.files) - set(required_files(self)))
+        if unknown:
+            raise ValueError(f"files: lists files the format has no place for: {unknown[:4]}")
+        return self
+
+
+def segment_files(storage: str) -> list[str]:
+    """The array files of one segment for a storage dtype."""
+    files = ["regions.npy", "region_counts.npy", "region_boxes.npy", "region_owner.npy"]
+    files += ["image_pooled.npy", "words.npy", "word_offsets.npy", "caption_pooled.npy"]
+    if storage == "int8":
+        files += ["region_scales.npy", "word_scales.npy"]
+    return files
+
+
+def required_files(manifest: ManifestModel) -> list[str]:
+    """Every file an index with this manifest must hold."""
+    names = [METADATA_FILE, *manifest.faiss]
+    for segment in manifest.segments:
+        names += [f"{segment.name}/{f}" for f in segment_files(manifest.storage)]
+        if "regions.faiss" in manifest.faiss:
+            names.append(f"{segment.name}/region_codes.npy")
+        if "words.faiss" in manifest.faiss:
+            names.append(f"{segment.name}/word_codes.npy")
+    return names
+
+
+def checksum(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its checksum, checked against the schema before it is written."""
+    sealed = {**manifest, CHECKSUM_KEY: checksum(manifest)}
+    problem = schema_problem(sealed)
+    if problem:
+        raise AssertionError(f"the writer made an invalid manifest: {problem}")
+    return sealed
+
+
+def schema_problem(manifest: Any) -> str | None:
+    """None when the manifest passes the schema, else one line: field and problem."""
+    try:
+        ManifestModel.model_validate(manifest)
+    except ValidationError as exc:
+        return _describe(exc.errors())
+    return None
+
+
+def check_manifest(manifest: Any, path: Path) -> None:
+    """Schema, then the manifest's own checksum; raises ValueError with one line."""
+    problem = schema_problem(manifest)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    if checksum(manifest) != manifest[CHECKSUM_KEY]:
+        raise ValueError(f"{path}: fails its own checksum ({CHECKSUM_KEY}): edited or damaged")
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "manifest"
+    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    if first.get("type") not in ("missing", "value_error") and "input" in first:
+        shown = repr(first["input"])
+        message += f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    if first.get("type") == "value_error" and ":" in message:
+        return message + more  # the validator names its field itself
+    return f"{where}: {message}{more}"
