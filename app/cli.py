@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         PermissionError,
     ) as exc:
         print(f"chan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        if type(exc) is OSError:  # a bare one says only "No space left on device"
+            reason += f"{where}: free disk space and run the command again"
+        print(f"chan {args.command}: error: {reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"chan {args.command}: interrupted", file=sys.stderr)

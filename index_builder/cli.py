@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from index_builder.durable import disk_full_reported
+
 logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
@@ -99,11 +101,12 @@ def _run_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         shard=parse_shard(args.shard) if args.shard else None,
     )
-    out = build_index(
-        args.checkpoint, args.out, args.captions, features=args.features, split=args.split,
-        images=args.images, caption_split=args.caption_split,
-        image_metadata=args.image_metadata, options=options,
-    )  # fmt: skip
+    with disk_full_reported(args.out):
+        out = build_index(
+            args.checkpoint, args.out, args.captions, features=args.features, split=args.split,
+            images=args.images, caption_split=args.caption_split,
+            image_metadata=args.image_metadata, options=options,
+        )  # fmt: skip
     print(summary(out))
     return 0
 
@@ -163,7 +166,16 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from index_builder.verify import verify_index
 
-    checks = verify_index(args.index, args.checkpoint)
+    from index_builder.format import IndexFormatError
+
+    try:
+        checks = verify_index(args.index, args.checkpoint)
+    except (OSError, ValueError):
+        raise  # one line from `chan`: IndexFormatError is a ValueError
+    except Exception as exc:  # never a traceback: whatever broke, say which index and how
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise IndexFormatError(f"{args.index} could not be verified ({type(exc).__name__}: "
+                               f"{first}); rebuild the index") from exc  # fmt: skip
     for line in checks:
         print(f"ok  {line}")
     print(f"{args.index}: verified")
@@ -194,7 +206,8 @@ def _run_delete(args: argparse.Namespace) -> int:
             (images if kind == "image" else captions).append(item.strip())
     if not images and not captions:
         raise ValueError("nothing to delete: give --image, --caption or --ids-file")
-    deleted = delete_items(args.index, images, captions)
+    with disk_full_reported(args.index):
+        deleted = delete_items(args.index, images, captions)
     print(f"deleted {deleted['images']} images and {deleted['captions']} captions in {args.index}")
     return 0
 
@@ -219,10 +232,11 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
 def _run_add(args: argparse.Namespace) -> int:
     from index_builder.edit import add_items
 
-    added = add_items(
-        args.index, args.checkpoint, captions=args.captions, features=args.features,
-        split=args.split, images=args.images, caption_split=args.caption_split,
-    )  # fmt: skip
+    with disk_full_reported(args.index):
+        added = add_items(
+            args.index, args.checkpoint, captions=args.captions, features=args.features,
+            split=args.split, images=args.images, caption_split=args.caption_split,
+        )  # fmt: skip
     print(f"added {added['images']} images and {added['captions']} captions to {args.index}")
     return 0
 
@@ -236,7 +250,8 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
 def _run_compact(args: argparse.Namespace) -> int:
     from index_builder.edit import compact_index
 
-    removed = compact_index(args.index)
+    with disk_full_reported(args.index):
+        removed = compact_index(args.index)
     print(f"removed {removed['images']} images and {removed['captions']} captions from "
           f"{args.index}")  # fmt: skip
     return 0

@@ -17,12 +17,15 @@ directories after an exchange (`.NAME.edit-PID`, `NAME.partial` without build st
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import shutil
+import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -145,3 +148,41 @@ def recover(target: Path) -> list[str]:
     for line in done:
         logger.warning("%s: %s (left by an interrupted command)", target, line)
     return done
+
+
+class DiskFull(OSError):
+    """The disk filled while an index was being changed; the index itself is unchanged
+    (every change becomes visible only in its last, atomic step)."""
+
+
+@contextlib.contextmanager
+def disk_full_reported(target: Path) -> Iterator[None]:
+    """Turn the several forms a full disk takes (OSError ENOSPC or EDQUOT, SQLite's
+    "database or disk is full", FAISS's write error) into one DiskFull that says where."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise DiskFull(errno.ENOSPC, _full_message(target, exc)) from exc
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc)
+    return isinstance(exc, RuntimeError) and "No space left" in str(exc)
+
+
+def _full_message(target: Path, exc: BaseException) -> str:
+    filename = getattr(exc, "filename", None)
+    writing = f" (writing {filename})" if filename else ""
+    partial = target.with_name(target.name + ".partial")
+    kept = ""
+    if (partial / BUILD_STATE).exists():
+        kept = f"; the rows written so far stay in {partial} and the next run resumes there"
+    return (f"no space left on the device of {target.parent}{writing}: free space there and "
+            f"run the command again ({target} is unchanged{kept})")  # fmt: skip

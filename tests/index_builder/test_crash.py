@@ -212,3 +212,52 @@ def test_a_resumable_build_is_not_a_leftover(tmp_path):
     assert durable.leftovers(target) == []
     (partial / durable.BUILD_STATE).unlink()
     assert durable.leftovers(target) == [partial]
+
+
+# ---------------------------------------------------------------------- full disk
+
+
+def _tiny_disk(tmp_path: Path, size_kb: int) -> Path:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs",
+                             str(mount)], capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}): needs root")
+    return mount
+
+
+def _size_kb(path: Path) -> int:
+    """Room the tree takes on tmpfs: whole 4 KiB pages per file and per folder."""
+    pages = sum(-(-p.stat().st_size // 4096) if p.is_file() else 1 for p in path.rglob("*"))
+    return 4 * (pages + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["build --overwrite", "add", "compact", "delete"])
+def test_a_full_disk_is_one_line_and_leaves_the_index(world, pristine, command, tmp_path):
+    start, argv = _commands(world, pristine)[command]
+    # room for the index and a little more: a rewrite (which stages a whole new copy)
+    # runs out; a delete stages hard links and a metadata copy, so it gets less room
+    room = _size_kb(start) + (16 if command == "delete" else _size_kb(start) // 2)
+    disk = _tiny_disk(tmp_path, room)
+    try:
+        target = disk / "idx"
+        shutil.copytree(start, target)
+        if command == "delete":  # fill what is left, so the metadata copy cannot fit
+            (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - 4096))
+        before = _state(target)
+        result = _run(target, 0, argv(target))
+        assert result.returncode == 2, result.stderr[-3000:]
+        err = result.stderr.strip().splitlines()[-1]
+        assert err.startswith("chan index") and "no space left on the device" in err, err
+        assert "Traceback" not in result.stderr and f"{target} is unchanged" in err
+        verify_index(target)
+        assert _state(target) == before
+        durable.recover(target)
+        (disk / "filler").unlink(missing_ok=True)
+        partial = target.with_name("idx.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        assert sorted(p.name for p in disk.iterdir()) == ["idx"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
