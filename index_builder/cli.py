@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from index_builder.durable import disk_full_reported
+from index_builder.durable import disk_full_reported, recover
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,14 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from index_builder.format import IndexFormatError
     from index_builder.verify import verify_index
 
-    from index_builder.format import IndexFormatError
-
+    try:
+        for line in recover(args.index):  # an interrupted update is undone first
+            print(f"recovered: {line}")
+    except OSError as exc:  # a read-only copy: verify what is there
+        print(f"could not undo an interrupted update ({exc.strerror}); verifying as it is")
     try:
         checks = verify_index(args.index, args.checkpoint)
     except (OSError, ValueError):

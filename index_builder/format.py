@@ -93,6 +93,12 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest, with its format and version checked."""
     if not directory.is_dir():
+        aside = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        if aside:  # an update was interrupted between its two renames (see durable.py)
+            raise FileNotFoundError(
+                f"index {directory} is missing but an interrupted update left it at "
+                f"{aside[-1]}: run `chan index verify {directory}` to put it back"
+            )
         raise FileNotFoundError(
             f"index {directory} does not exist; build it with `chan index build`"
         )

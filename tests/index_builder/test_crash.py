@@ -261,3 +261,16 @@ def test_a_full_disk_is_one_line_and_leaves_the_index(world, pristine, command, 
         assert sorted(p.name for p in disk.iterdir()) == ["idx"]
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_verify_puts_back_an_index_an_interrupted_update_left_aside(pristine, tmp_path, capsys):
+    from app.cli import main
+
+    target = tmp_path / "idx"
+    shutil.copytree(pristine["index"], target)
+    target.rename(durable.staged_path(target, "old"))
+    with pytest.raises(FileNotFoundError, match="interrupted update"):
+        fmt.read_manifest(target)
+    assert main(["index", "verify", str(target)]) == 0
+    assert "recovered: restored" in capsys.readouterr().out
+    verify_index(target)
