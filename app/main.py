@@ -68,6 +68,8 @@ def create_app(settings: Settings, service: SearchService | None = None) -> Fast
 def _load(service: SearchService) -> None:
     try:
         service.load()
+    except (OSError, ValueError) as exc:  # a damaged or missing index: one line says why
+        logger.error("could not load the index: %s (/readyz answers 503 with it)", exc)
     except Exception:  # reported by /readyz; the process stays up for its probes
         logger.exception("could not load the index")
 
