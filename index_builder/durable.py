@@ -127,10 +127,25 @@ def leftovers(target: Path) -> list[Path]:
         return []
     found = [p for p in parent.glob(f".{target.name}.old-*") if p.is_dir()]
     found += [p for p in parent.glob(f".{target.name}.edit-*") if p.is_dir()]
+    found = [p for p in found if not _running_elsewhere(p)]
     partial = target.with_name(target.name + ".partial")
     if partial.is_dir() and not (partial / BUILD_STATE).exists():
         found.append(partial)
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _running_elsewhere(path: Path) -> bool:
+    """True when the PID in the name is another live process: its change is under way."""
+    pid = path.name.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def recover(target: Path) -> list[str]:

@@ -3,8 +3,7 @@
 #   bash scripts/setup.sh           the project with its test tools (what the tests use)
 #   bash scripts/setup.sh runtime   only what the product needs (the demo, a user install)
 # torch is installed first, pinned to the CPU build: a bare `torch` requirement on a
-# machine without torch would pull a multi-GB CUDA build. --no-compile: modules are
-# byte-compiled when first imported, not all of torch at install time (twice as fast).
+# machine without torch would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -14,9 +13,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --no-compile "torch==2.13.0"
+"$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 case "${1:-test}" in
-    runtime) "$VENV/bin/python" -m pip install --quiet --no-compile -e . ;;
-    test) "$VENV/bin/python" -m pip install --quiet --no-compile -e ".[test]" ;;
+    runtime) "$VENV/bin/python" -m pip install --quiet -e . ;;
+    test) "$VENV/bin/python" -m pip install --quiet -e ".[test]" ;;
     *) echo "setup.sh: unknown install '$1' (runtime or test)" >&2; exit 2 ;;
 esac

@@ -274,3 +274,14 @@ def test_verify_puts_back_an_index_an_interrupted_update_left_aside(pristine, tm
     assert main(["index", "verify", str(target)]) == 0
     assert "recovered: restored" in capsys.readouterr().out
     verify_index(target)
+
+
+def test_a_change_under_way_in_another_process_is_not_a_leftover(tmp_path):
+    target = tmp_path / "idx"
+    target.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as other:
+        busy = tmp_path / f".idx.edit-{other.pid}"
+        busy.mkdir()
+        assert durable.leftovers(target) == []
+        other.kill()
+    assert durable.leftovers(target) == [busy]
