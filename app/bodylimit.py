@@ -42,12 +42,13 @@ class JsonBodyLimit:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_json(scope):
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or not _is_json(headers):
             await self.app(scope, receive, send)
             return
         settings = scope["app"].state.settings
         limit = settings.max_json_bytes
-        length = Headers(scope=scope).get("content-length")
+        length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _refuse(scope, receive, send, 413, "too_large", _size_message(limit))
             return
@@ -65,8 +66,8 @@ class JsonBodyLimit:
         await self.app(scope, _replay(body, receive), send)
 
 
-def _is_json(scope: Scope) -> bool:
-    kind = Headers(scope=scope).get("content-type", "")
+def _is_json(headers: Headers) -> bool:
+    kind = headers.get("content-type", "")
     return kind.split(";")[0].strip().lower() == "application/json"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index_builder import recall
+from index_builder import durable, recall
 from index_builder.metadata import CaptionRecord, ImageRecord
 from index_builder.reader import GalleryIndex
 from index_builder.shortlist import SearchParams, VectorSearcher
@@ -75,6 +75,7 @@ def build_index(
 ) -> Path:
     """Build the index at `out` (see the module docstring); returns out."""
     options = options or BuildOptions()
+    durable.recover(out)  # what an interrupted build or edit of `out` left
     if out.exists() and not options.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     loaded = load_checkpoint(checkpoint)

@@ -55,6 +55,7 @@ def compact_index(index_path: Path, recall_queries: int = 100, progress=None) ->
     """Drop tombstoned rows: the stored embeddings of live rows are copied (never
     re-encoded) into a fresh index that replaces this one; FAISS is retrained for the
     new size. Returns how many images and captions were removed."""
+    durable.recover(index_path)
     return _rewrite(index_path, None, recall_queries, progress)
 
 
@@ -124,7 +125,6 @@ def _rewrite(index_path: Path, extra: _Extra | None, recall_queries: int, progre
     from index_builder.reader import GalleryIndex
     from index_builder.writer import IndexWriter, WriterSpec
 
-    durable.recover(index_path)
     index = GalleryIndex(index_path, checksums=True)
     manifest = index.manifest
     images = np.flatnonzero(index.live_images)

@@ -80,14 +80,12 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]
     }
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest with its own checksum (checked against the schema first);
-    returns what was written."""
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest with its own checksum (checked against the schema first)."""
     sealed = manifest_schema.seal(manifest)
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(sealed, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, directory / MANIFEST)
-    return sealed
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -133,11 +131,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
-    """Every listed file exists with its size (and sha256 when checksums=True)."""
-    files = manifest["files"]
-    schema = manifest_schema.ManifestModel.model_validate(manifest)
-    for name in manifest_schema.required_files(schema):
-        entry = files[name]
+    """Every listed file exists with its size (and sha256 when checksums=True). The
+    schema (checked by read_manifest) makes the list exactly the files the format requires."""
+    for name, entry in manifest["files"].items():
         path = directory / name
         if not path.is_file():
             raise IndexFormatError(f"{path} is missing; the index is incomplete: rebuild it")

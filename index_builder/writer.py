@@ -84,7 +84,6 @@ class IndexWriter:
         overwrite: bool = False,
     ) -> None:
         self.out, self.spec = Path(out), spec
-        durable.recover(self.out)
         self.work = self.out.with_name(self.out.name + ".partial")
         self.seg = self.work / fmt.segment_name(0)
         self.counts = np.asarray(region_counts, dtype=np.int32)
