@@ -61,7 +61,7 @@ def _step(name: str, run) -> None:
 
 
 def _world(paths: DemoPaths, options: DemoOptions) -> str:
-    from model.synth import generate_world
+    from model.synth.world import generate_world
 
     summary = generate_world(paths.world, options.images, seed=options.seed,
                              progress=options.progress)  # fmt: skip
@@ -69,9 +69,9 @@ def _world(paths: DemoPaths, options: DemoOptions) -> str:
 
 
 def _features(paths: DemoPaths, options: DemoOptions) -> str:
-    from model.extract import extract_split
-    from model.extractors.base import create_extractor
-    from model.images import list_images
+    from model.features.extract import extract_split
+    from model.features.extractors.base import create_extractor
+    from model.features.images import list_images
 
     extractor = create_extractor("demo")
     done = []
@@ -83,7 +83,7 @@ def _features(paths: DemoPaths, options: DemoOptions) -> str:
 
 
 def _model(paths: DemoPaths, options: DemoOptions) -> str:
-    from model.train import TrainConfig, train
+    from model.training.train import TrainConfig, train
 
     marker = paths.run / "demo_done.json"
     if marker.exists() and (paths.checkpoint / "config.json").exists():
@@ -102,8 +102,8 @@ def _model(paths: DemoPaths, options: DemoOptions) -> str:
 
 
 def _index(paths: DemoPaths, options: DemoOptions) -> str:
-    from index_builder import format as fmt
-    from index_builder.build import BuildOptions, build_index
+    from index_builder.build.build import BuildOptions, build_index
+    from index_builder.format import layout as fmt
     from model.checkpoint import checkpoint_hash
 
     digest = checkpoint_hash(paths.checkpoint)

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service import NotReady, Overloaded
-from index_builder.searcher import UnknownIdError
-from model.images import ImageError
+from index_builder.search.searcher import UnknownIdError
+from model.features.images import ImageError
 
 logger = logging.getLogger(__name__)
 

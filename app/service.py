@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.settings import Settings
-from index_builder.sharded import ShardedSearcher, shard_dirs
+from index_builder.search.sharded import ShardedSearcher, shard_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class SearchService:
     def _checkpoint_for(self, index: Path) -> Path:
         if self.settings.checkpoint is not None:
             return self.settings.checkpoint
-        from index_builder import format as fmt
+        from index_builder.format import layout as fmt
 
         recorded = fmt.read_manifest(shard_dirs(Path(index))[0])["checkpoint"].get("path")
         if not recorded:

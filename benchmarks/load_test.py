@@ -74,9 +74,9 @@ API_KEY = "load-test-key"  # set on the server this script starts when it reload
 def damaged_copies(index: Path, root: Path) -> dict[str, Path]:
     """Copies of the index (hard links, but for the damaged file) broken as a careless
     operator or a bad disk would: name -> directory."""
-    from index_builder import durable
-    from index_builder import format as fmt
-    from index_builder import manifest as schema
+    from index_builder.format import durable
+    from index_builder.format import layout as fmt
+    from index_builder.format import manifest as schema
 
     manifest = json.loads((index / fmt.MANIFEST).read_text())
 
@@ -141,8 +141,8 @@ class Reloader(threading.Thread):
 
 def queries(index: Path, count: int = 2000) -> tuple[list[str], list[str]]:
     """Caption texts and image ids of live rows, drawn from the index metadata."""
-    from index_builder import format as fmt
-    from index_builder.metadata import MetadataStore
+    from index_builder.format import layout as fmt
+    from index_builder.format.metadata import MetadataStore
 
     store = MetadataStore.open(index / fmt.METADATA)
     try:

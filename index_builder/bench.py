@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index_builder.metadata import CaptionRecord, ImageRecord
-from index_builder.reader import GalleryIndex
-from index_builder.shortlist import SearchParams, VectorSearcher
-from index_builder.writer import IndexWriter, WriterSpec
+from index_builder.format.metadata import CaptionRecord, ImageRecord
+from index_builder.format.reader import GalleryIndex
+from index_builder.format.writer import IndexWriter, WriterSpec
+from index_builder.search.vectors import SearchParams, VectorSearcher
 
 logger = logging.getLogger(__name__)
 # the "checkpoint" of synthetic embeddings: no model encoded them
@@ -243,7 +243,7 @@ def measure_queries(
 def measure_existing(args: argparse.Namespace) -> dict[str, Any]:
     """A built index and its checkpoint: caption texts of the index as text queries
     (encoded by the model), stored images as image queries."""
-    from index_builder.searcher import Searcher
+    from index_builder.search.searcher import Searcher
 
     searcher = Searcher.open(args.index, args.checkpoint, checksums=False)
     index = searcher.index

@@ -1,9 +1,13 @@
 """Shared fixtures: tiny models and data built inside the tests, nothing downloaded."""
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from model.vocab import Vocabulary
 
@@ -55,3 +59,27 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def vocab() -> Vocabulary:
     return Vocabulary.build(CAPTIONS, threshold=1)
+
+
+# image bytes for the loaders' and the service's refusal tests
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header announcing width x height, with almost no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )

@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from app.deps import ServiceDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import ERROR_RESPONSES
-from index_builder.records import CONTROL_CHARS
-from model.images import ImageError, load_image
+from index_builder.format.records import CONTROL_CHARS
+from model.features.images import ImageError, load_image
 
 router = APIRouter(prefix="/v1", tags=["gallery"], responses=ERROR_RESPONSES)
 

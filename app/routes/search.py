@@ -32,7 +32,7 @@ from app.schemas import (
     SearchOptions,
 )
 from app.settings import Settings
-from model.images import ImageError, load_image
+from model.features.images import ImageError, load_image
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
 

@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.service import SearchService
 from app.settings import Settings
-from index_builder.build import BuildOptions, build_index
+from index_builder.build.build import BuildOptions, build_index
 from model.chan import create_model
 from model.checkpoint import save_checkpoint
-from model.extract import extract_split
-from model.extractors.base import create_extractor
-from model.images import list_images
-from model.synth import generate_world
+from model.features.extract import extract_split
+from model.features.extractors.base import create_extractor
+from model.features.images import list_images
+from model.synth.world import generate_world
 from model.vocab import Vocabulary
 
 

@@ -6,7 +6,7 @@ import itertools
 import pytest
 from PIL import Image
 
-from index_builder.searcher import Searcher
+from index_builder.search.searcher import Searcher
 
 
 def test_text_search_returns_ranked_images_with_urls(client, gallery):

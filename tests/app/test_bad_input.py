@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.service import BoundedExecutor, Overloaded
 from tests.app.conftest import make_client
-from tests.model.test_images import bomb_png
+from tests.conftest import bomb_png
 
 
 def _jpeg() -> bytes:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from app.cli import main
 from app.demo import DemoOptions, prepare_demo
-from index_builder import format as fmt
+from index_builder.format import layout as fmt
 
 
 def test_demo_prepares_everything_then_reuses_it(tmp_path, caplog):
@@ -16,7 +16,7 @@ def test_demo_prepares_everything_then_reuses_it(tmp_path, caplog):
     first = caplog.text
     assert "wrote 70 images" in first and "trained in" in first and "built" in first
     manifest = fmt.read_manifest(paths.index)
-    from index_builder.searcher import Searcher
+    from index_builder.search.searcher import Searcher
 
     searcher = Searcher.open(paths.index, paths.checkpoint)
     first = searcher.index.metadata.images([0])[0]

@@ -10,20 +10,12 @@ import torch
 from PIL import Image
 
 from app.cli import main
-from index_builder import format as fmt
-from index_builder.build import BuildOptions, build_index
-from index_builder.reader import GalleryIndex
-from index_builder.searcher import Searcher, UnknownIdError
+from index_builder.build.build import BuildOptions, build_index
+from index_builder.format import layout as fmt
+from index_builder.format.reader import GalleryIndex
+from index_builder.search.searcher import Searcher, UnknownIdError
 from model.checkpoint import checkpoint_hash
-
-
-def build(world, out, **options):
-    return build_index(
-        world / "ckpt", out, world / "synth" / "captions.jsonl",
-        features=world / "synth", split="test", images=world / "synth" / "test_images.txt",
-        caption_split="test", options=BuildOptions(recall_queries=10, **options),
-        progress=False,
-    )  # fmt: skip
+from tests.index_builder.conftest import build
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +121,7 @@ def test_delete_is_honoured_and_verify_passes(world, index_dir, tmp_path, capsys
 
 
 def test_interrupted_build_leaves_nothing_in_place_and_resumes(world, tmp_path, monkeypatch):
-    from index_builder import writer as writer_module
+    from index_builder.format import writer as writer_module
 
     encoded = {"n": 0}
     module_call = torch.nn.Module.__call__
@@ -290,8 +282,8 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkey
     """The exact scorer reads from the memory map into small reused buffers when the
     index is not held in RAM; both paths give the same rows and scores (small steps so
     that buffers are reused across several chunks)."""
-    from index_builder import shortlist
-    from index_builder.shortlist import VectorSearcher
+    from index_builder.search import vectors as shortlist
+    from index_builder.search.vectors import VectorSearcher
 
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_IMAGES", 4)
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_CAPTIONS", 8)

@@ -1,7 +1,6 @@
 """Import of reference-implementation checkpoints, checked against an independent
 re-computation of the reference forward pass written here from its description."""
 
-import argparse
 import collections
 import json
 import math
@@ -16,93 +15,18 @@ from model.checkpoint import load_checkpoint
 from model.official import OfficialFormatError, import_official
 from model.vocab import VocabTokenizer
 from tests.conftest import CAPTIONS
-
-E, D, WORD_DIM, HEADS, SLOTS = 32, 20, 12, 8, 36
-WORDS = [
-    "<pad>",
-    "<start>",
-    "<end>",
-    "<unk>",
-    "a",
-    "red",
-    "circle",
-    "blue",
-    "square",
-    "left",
-    "of",
-    "two",
-    "green",
-    "triangles",
-    "above",
-    ".",
-]
-
-
-def rand(*shape):
-    return torch.randn(*shape) * 0.3
-
-
-def official_bigru_parts(vocab_rows):
-    """State dicts with the reference key names and shapes, random weights."""
-    img = {
-        "fc.weight": rand(E, D),
-        "fc.bias": rand(E),
-        "feedforward.ln.weight": 1 + rand(E),
-        "feedforward.ln.bias": rand(E),
-        "feedforward.attn.in_proj_weight": rand(3 * E, E),
-        "feedforward.attn.in_proj_bias": rand(3 * E),
-        "feedforward.attn.out_proj.weight": rand(E, E),
-        "feedforward.attn.out_proj.bias": rand(E),
-    }
-    txt = {"embed.weight": rand(vocab_rows, WORD_DIM), "fc.weight": rand(E, E), "fc.bias": rand(E)}
-    for suffix in ("", "_reverse"):
-        txt[f"rnn.weight_ih_l0{suffix}"] = rand(3 * E, WORD_DIM)
-        txt[f"rnn.weight_hh_l0{suffix}"] = rand(3 * E, E)
-        txt[f"rnn.bias_ih_l0{suffix}"] = rand(3 * E)
-        txt[f"rnn.bias_hh_l0{suffix}"] = rand(3 * E)
-    return [img, txt, {}, {}]
-
-
-def options(**overrides):
-    base = dict(
-        embed_size=E,
-        img_dim=D,
-        precomp_enc_type="selfattention",
-        text_enc_type="bigru",
-        vocab_size=len(WORDS) + 1,
-        word_dim=WORD_DIM,
-        num_layers=1,
-        coding_type="VHACoding",
-        pooling_type="LSEPooling",
-        belta=0.1,
-        no_imgnorm=False,
-        no_txtnorm=False,
-        margin=0.05,
-        data_name="f30k",
-    )
-    base.update(overrides)
-    return argparse.Namespace(**base)
-
-
-def write_official(path, parts, opt):
-    torch.save({"epoch": 24, "model": parts, "best_rsum": 512.3, "opt": opt, "Eiters": 1000}, path)
-    return path
-
-
-def write_vocab(path):
-    path.write_text(
-        json.dumps(
-            {
-                "word2idx": {w: i for i, w in enumerate(WORDS)},
-                "idx2word": {str(i): w for i, w in enumerate(WORDS)},
-                "idx": len(WORDS),
-            }
-        )
-    )
-    return path
-
-
-# --- independent reference forward ------------------------------------------------
+from tests.model.conftest import (
+    HEADS,
+    SLOTS,
+    WORDS,
+    D,
+    E,
+    official_bigru_parts,
+    options,
+    rand,
+    write_official,
+    write_vocab,
+)
 
 
 def l2n(x):
@@ -293,7 +217,7 @@ def test_eval_on_an_imported_checkpoint_uses_the_reference_scores(tmp_path, bigr
     """`chan eval` on the official precomp layout (no counts file: all 36 slots) reports
     the recalls of the reference implementation's own score matrix."""
     from app.cli import main
-    from model.metrics import retrieval_metrics
+    from model.training.metrics import retrieval_metrics
 
     ckpt, vocab, parts = bigru_official
     import_official(ckpt, tmp_path / "own", vocab_path=vocab)

@@ -1,0 +1,261 @@
+"""`chan index ...`: build, inspect, verify and edit index directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from index_builder.format.durable import disk_full_reported, recover
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("index", help="build and manage search indexes")
+    sub = parser.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
+    _add_build(sub)
+    _add_info(sub)
+    _add_verify(sub)
+    _add_delete(sub)
+    _add_add(sub)
+    _add_compact(sub)
+
+
+def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Register `chan bench search`."""
+    from index_builder import bench
+
+    parser = bench_subparsers.add_parser(
+        "search",
+        help="shortlist + rerank vs exhaustive: recall, latency, build speed, bytes per image",
+    )
+    bench.add_arguments(parser)
+    parser.set_defaults(func=bench.run_from_args)
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="encode a gallery into an index directory",
+        description="Encode gallery images (region features from `chan extract`, or raw "
+        "images extracted with the checkpoint's extractor) and captions (JSONL: id, text, "
+        "image_id?, metadata?) into OUT. Written in OUT.partial and renamed when complete "
+        "and verified; an interrupted build resumes.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    parser.add_argument("--features", type=Path, help="folder with SPLIT_ims.npy (+ counts, ...)")
+    parser.add_argument("--split", default="gallery", help="split name of the features")
+    parser.add_argument("--images", type=Path, help="image folder or list (URIs, or to extract)")
+    parser.add_argument("--captions", type=Path, required=True, help="captions JSONL")
+    parser.add_argument("--caption-split", help="keep only caption lines with this `split`")
+    parser.add_argument("--image-metadata", type=Path, help="JSONL: image_id + metadata")
+    parser.add_argument("--out", type=Path, required=True, help="index directory to write")
+    parser.add_argument("--storage", choices=["float16", "int8"], default="float16")
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="FAISS RAM budget")
+    parser.add_argument(
+        "--factory", action="append", default=[], metavar="NAME=FACTORY",
+        help="override a pooled FAISS index, e.g. images_pooled=IVF4096,PQ64x8np (names: "
+        "images_pooled, captions_pooled)",
+    )  # fmt: skip
+    parser.add_argument("--no-pooled", action="store_true", help="skip the pooled indexes")
+    parser.add_argument(
+        "--word-cells", type=int, help="k-means cells over caption words (default: by size)"
+    )
+    parser.add_argument(
+        "--region-cells", type=int, help="k-means cells over region vectors (default: by size)"
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--recall-queries", type=int, default=100, help="per direction")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="build shard I of N (images by a stable hash of their id); "
+                        "run one process per shard, serve the shards' parent folder")  # fmt: skip
+    parser.set_defaults(func=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from index_builder.build.build import BuildOptions, build_index, parse_shard
+
+    factories = {}
+    for item in args.factory:
+        name, sep, factory = item.partition("=")
+        if not sep or name not in {"images_pooled", "captions_pooled"}:
+            raise ValueError(f"--factory {item!r}: write NAME=FACTORY with NAME one of "
+                             "images_pooled, captions_pooled")  # fmt: skip
+        factories[name] = factory
+    if args.batch_size < 1 or args.memory_budget_gb <= 0:
+        raise ValueError("--batch-size and --memory-budget-gb must be positive")
+    options = BuildOptions(
+        storage=args.storage,
+        memory_budget_bytes=int(args.memory_budget_gb * GIB),
+        factories=factories,
+        pooled=not args.no_pooled,
+        word_cells=args.word_cells,
+        region_cells=args.region_cells,
+        batch_size=args.batch_size,
+        recall_queries=args.recall_queries,
+        overwrite=args.overwrite,
+        shard=parse_shard(args.shard) if args.shard else None,
+    )
+    with disk_full_reported(args.out):
+        out = build_index(
+            args.checkpoint, args.out, args.captions, features=args.features, split=args.split,
+            images=args.images, caption_split=args.caption_split,
+            image_metadata=args.image_metadata, options=options,
+        )  # fmt: skip
+    print(summary(out))
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("info", help="what an index holds (manifest summary)")
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--json", action="store_true", help="print the whole manifest")
+    parser.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from index_builder.format.layout import read_manifest
+
+    manifest = read_manifest(args.index)
+    print(json.dumps(manifest, indent=2) if args.json else summary(args.index))
+    return 0
+
+
+def summary(path: Path) -> str:
+    """A few lines a person reads: counts, sizes, indexes, measured recall."""
+    from index_builder.format.layout import read_manifest
+
+    m = read_manifest(path)
+    c = m["counts"]
+    size = sum(f["bytes"] for f in m.get("files", {}).values())
+    lines = [
+        f"{path}: {c['images']:,} images ({c['region_vectors']:,} region vectors), "
+        f"{c['captions']:,} captions ({c['word_vectors']:,} word vectors)",
+        f"  K={m['num_regions']} d={m['dim']} storage={m['storage']}, "
+        f"{size / 1e6:,.1f} MB on disk, {len(m['segments'])} segment(s)",
+        f"  checkpoint {m['checkpoint']['sha256'][:12]} ({m['checkpoint'].get('path')})",
+    ]
+    for name, choice in m["faiss"].items():
+        probe = f" (nprobe {choice['nprobe']})" if choice.get("nprobe") else ""
+        lines.append(f"  {name}: {choice['factory']}{probe}")
+    for direction in ("text_to_image", "image_to_text"):
+        if direction in m.get("recall", {}):
+            r = m["recall"][direction]
+            lines.append(f"  shortlist recall@{m['recall']['k']} {direction}: "
+                         f"{r['recall_at_k']:.3f} ({r['queries']} queries)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="check checksums, counts and consistency",
+        description="Recompute every file's sha256, and check that array shapes, FAISS "
+        "sizes, metadata rows and ids agree with each other and with the manifest.",
+    )
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--checkpoint", type=Path, help="also check it built the index")
+    parser.set_defaults(func=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from index_builder.build.verify import verify_index
+    from index_builder.format.layout import IndexFormatError
+
+    try:
+        for line in recover(args.index):  # an interrupted update is undone first
+            print(f"recovered: {line}")
+    except OSError as exc:  # a read-only copy: verify what is there
+        print(f"could not undo an interrupted update ({exc.strerror}); verifying as it is")
+    try:
+        checks = verify_index(args.index, args.checkpoint)
+    except (OSError, ValueError):
+        raise  # one line from `chan`: IndexFormatError is a ValueError
+    except Exception as exc:  # never a traceback: whatever broke, say which index and how
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise IndexFormatError(f"{args.index} could not be verified ({type(exc).__name__}: "
+                               f"{first}); rebuild the index") from exc  # fmt: skip
+    for line in checks:
+        print(f"ok  {line}")
+    print(f"{args.index}: verified")
+    return 0
+
+
+def _add_delete(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "delete",
+        help="tombstone images or captions (search skips them; compact drops them)",
+    )
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--image", action="append", default=[], help="image id (repeatable)")
+    parser.add_argument("--caption", action="append", default=[], help="caption id (repeatable)")
+    parser.add_argument("--ids-file", type=Path, help="file of `image <id>` / `caption <id>` lines")
+    parser.set_defaults(func=_run_delete)
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    from index_builder.build.edit import delete_items
+
+    images, captions = list(args.image), list(args.caption)
+    if args.ids_file:
+        for number, line in enumerate(args.ids_file.read_text().splitlines(), 1):
+            kind, _, item = line.strip().partition(" ")
+            if kind not in {"image", "caption"} or not item:
+                raise ValueError(f"{args.ids_file}:{number}: write `image <id>` or `caption <id>`")
+            (images if kind == "image" else captions).append(item.strip())
+    if not images and not captions:
+        raise ValueError("nothing to delete: give --image, --caption or --ids-file")
+    with disk_full_reported(args.index):
+        deleted = delete_items(args.index, images, captions)
+    print(f"deleted {deleted['images']} images and {deleted['captions']} captions in {args.index}")
+    return 0
+
+
+def _add_add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "add",
+        help="add images and/or captions (encoded with the index's checkpoint)",
+        description="New rows are encoded; existing ones are copied from their stored "
+        "embeddings (tombstoned rows are dropped) and the FAISS indexes are rebuilt.",
+    )
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the index's checkpoint")
+    parser.add_argument("--features", type=Path, help="folder with SPLIT_ims.npy of new images")
+    parser.add_argument("--split", default="gallery")
+    parser.add_argument("--images", type=Path, help="new images (folder or list)")
+    parser.add_argument("--captions", type=Path, help="captions JSONL to add")
+    parser.add_argument("--caption-split", help="keep only caption lines with this `split`")
+    parser.set_defaults(func=_run_add)
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    from index_builder.build.edit import add_items
+
+    with disk_full_reported(args.index):
+        added = add_items(
+            args.index, args.checkpoint, captions=args.captions, features=args.features,
+            split=args.split, images=args.images, caption_split=args.caption_split,
+        )  # fmt: skip
+    print(f"added {added['images']} images and {added['captions']} captions to {args.index}")
+    return 0
+
+
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("compact", help="drop deleted rows for good")
+    parser.add_argument("index", type=Path)
+    parser.set_defaults(func=_run_compact)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from index_builder.build.edit import compact_index
+
+    with disk_full_reported(args.index):
+        removed = compact_index(args.index)
+    print(f"removed {removed['images']} images and {removed['captions']} captions from "
+          f"{args.index}")  # fmt: skip
+    return 0

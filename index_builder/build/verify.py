@@ -1,0 +1,100 @@
+"""`chan index verify`: every check an index can be put through, each one naming what
+it compared. Problems raise IndexFormatError with the file and the fix."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from index_builder.format import layout as fmt
+from index_builder.format.reader import GalleryIndex
+
+logger = logging.getLogger(__name__)
+
+
+def verify_index(path: Path, checkpoint: Path | None = None) -> list[str]:
+    """Run all checks; returns a description of each one that passed."""
+    digest = None
+    if checkpoint is not None:
+        from model.checkpoint import checkpoint_hash
+
+        digest = checkpoint_hash(checkpoint)
+    index = GalleryIndex(path, digest, checksums=True)
+    try:
+        done = [f"format {fmt.FORMAT} v{fmt.FORMAT_VERSION}",
+                f"{len(index.manifest['files'])} files: sizes and sha256"]  # fmt: skip
+        if digest:
+            done.append(f"built by checkpoint {digest[:12]}")
+        done += _check_arrays(index)
+        done += _check_faiss(index)
+        done += _check_metadata(index)
+        return done
+    finally:
+        index.close()
+
+
+def _fail(path: Path, message: str) -> None:
+    raise fmt.IndexFormatError(f"{path}: {message}; rebuild the index")
+
+
+def _check_arrays(index: GalleryIndex) -> list[str]:
+    counts = index.manifest["counts"]
+    if index.num_images != counts["images"] or index.num_captions != counts["captions"]:
+        _fail(index.path, "segment row counts disagree with the manifest")
+    if (
+        len(index.region_owner) != counts["region_vectors"]
+        or index.counts.sum() != counts["region_vectors"]
+    ):
+        _fail(index.path, "region vectors disagree with the region counts")
+    if np.any(np.diff(index.region_owner) < 0) or index.region_owner.max() >= index.num_images:
+        _fail(index.path, "region_owner is not a sorted list of image rows")
+    if index.word_offsets[-1] != counts["word_vectors"] or np.any(np.diff(index.word_offsets) < 1):
+        _fail(index.path, "word offsets disagree with the word vectors")
+    for seg in index.segments:
+        if seg.regions.shape[1:] != (index.num_regions, index.dim):
+            _fail(index.path, f"regions have shape {seg.regions.shape}")
+        if seg.words.shape[1] != index.dim or len(seg.words) != seg.offsets[-1]:
+            _fail(index.path, f"words have shape {seg.words.shape}")
+    if index.word_codes is not None and len(index.word_codes) != counts["word_vectors"]:
+        _fail(index.path, "word_codes do not cover every word vector")
+    return [
+        f"{index.num_images:,} images, {len(index.region_owner):,} region vectors, owners sorted",
+        f"{index.num_captions:,} captions, {int(index.word_offsets[-1]):,} word vectors",
+    ]
+
+
+def _check_faiss(index: GalleryIndex) -> list[str]:
+    counts = index.manifest["counts"]
+    expected = {
+        fmt.REGION_INDEX: len(index.region_centroids) if index.region_centroids is not None else -1,
+        fmt.WORD_INDEX: len(index.word_centroids) if index.word_centroids is not None else -1,
+        fmt.IMAGE_POOLED_INDEX: counts["images"],
+        fmt.CAPTION_POOLED_INDEX: counts["captions"],
+    }
+    done = []
+    for name, faiss_index in index.faiss.items():
+        if faiss_index.ntotal != expected[name]:
+            _fail(
+                index.path / name, f"holds {faiss_index.ntotal} vectors, expected {expected[name]}"
+            )
+        if faiss_index.d != index.dim:
+            _fail(index.path / name, f"has dimension {faiss_index.d}, expected {index.dim}")
+        done.append(f"{name}: {faiss_index.ntotal:,} vectors of d={faiss_index.d}")
+    return done
+
+
+def _check_metadata(index: GalleryIndex) -> list[str]:
+    counts = index.metadata.counts()
+    if counts["images"] != index.num_images or counts["captions"] != index.num_captions:
+        _fail(
+            index.path / fmt.METADATA,
+            f"has {counts['images']} images and {counts['captions']} captions, the arrays "
+            f"{index.num_images} and {index.num_captions}",
+        )
+    return [
+        f"metadata: {counts['live_images']:,} live images, {counts['live_captions']:,} live "
+        f"captions ({counts['images'] - counts['live_images']} + "
+        f"{counts['captions'] - counts['live_captions']} deleted)"
+    ]

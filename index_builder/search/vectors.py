@@ -1,0 +1,407 @@
+"""Vector-level search: approximate scores from cells, then exact CHAN scores.
+
+Both directions work as late-interaction engines such as PLAID do. Every stored vector
+belongs to a k-means cell; a query vector's similarity to a stored one is first taken
+as its similarity to that vector's cell centroid. Pooled exactly like the model pools
+(each query word keeps an image's best region; each caption word keeps the query
+image's best region), this scores every item in a few array passes. The top C are then
+scored exactly from the stored vectors. Small galleries have no cells and are scored
+exactly throughout. `exhaustive=True` scores every live item exactly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from index_builder.format.reader import GalleryIndex
+from model.checkpoint import LoadedCheckpoint
+from model.scoring import Matching, pool_words, score_image_query, score_text_query
+
+logger = logging.getLogger(__name__)
+
+EXHAUSTIVE_CHUNK_IMAGES = 2048  # images dequantised and scored per step of an exact scan
+CELL_SCAN_IMAGES = 8192  # images per block of the approximate cell scan
+RERANK_CHUNK_IMAGES = 64  # images per exact step when read from disk (a 9 MB buffer)
+RERANK_CHUNK_CAPTIONS = 256  # captions per exact step
+FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Shortlist knobs; the defaults are what the index's recall was measured with."""
+
+    candidates: int = 600  # C: images reranked with the exact score (text -> image)
+    caption_candidates: int = 500  # C for image -> caption
+    probes: int = 32  # region cells probed per query word (text -> image)
+    caption_probes: int = 256  # word cells probed per query image (image -> caption)
+    refine: int = 4  # refine x C candidates get the centroid-interaction score
+
+
+@dataclass
+class Ranking:
+    """Rows and exact scores, best first, plus where the time went."""
+
+    rows: np.ndarray  # (k,) int64
+    scores: np.ndarray  # (k,) float32
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: int = 0  # items scored exactly
+    exhaustive: bool = False
+
+
+class VectorSearcher:
+    """Searches one GalleryIndex with query vectors; encodes queries when it has the
+    checkpoint that built the index."""
+
+    def __init__(
+        self,
+        index: GalleryIndex,
+        checkpoint: LoadedCheckpoint | None = None,
+        params: SearchParams | None = None,
+    ) -> None:
+        self.index, self.checkpoint = index, checkpoint
+        self.params = params or SearchParams()
+        self.matching: Matching = index.matching
+        self._extractor = None
+        self._extractor_lock = threading.Lock()
+        self._local = threading.local()  # per-thread scratch buffers of the exact scorer
+
+    # ------------------------------------------------------------------ text -> images
+
+    def images_for_words(
+        self,
+        words: torch.Tensor,
+        k: int = 10,
+        candidates: int | None = None,
+        exhaustive: bool = False,
+        allowed: np.ndarray | None = None,
+    ) -> Ranking:
+        """Query word vectors (L, d) -> the k best live images. allowed: rows a filter
+        keeps (None = all)."""
+        timings: dict[str, float] = {}
+        live = self.index.live_images if allowed is None else _mask(allowed, self.index.num_images)
+        live = live & self.index.live_images
+        candidates = candidates or self.params.candidates
+        small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
+        if exhaustive or small or self.index.region_codes is None:
+            rows = np.flatnonzero(live)
+            return self._exact_images(words, rows, k, timings, exhaustive=True)
+        started = time.perf_counter()
+        rows = np.sort(self._shortlist_images(words, live, candidates))  # sorted reads
+        timings["shortlist_ms"] = _ms(started)
+        if len(rows) < min(k, int(live.sum())):  # tombstones or a filter emptied the list
+            return self._exact_images(words, np.flatnonzero(live), k, timings, exhaustive=True)
+        return self._exact_images(words, rows, k, timings, exhaustive=False)
+
+    def _shortlist_images(self, words: torch.Tensor, live: np.ndarray, candidates: int):
+        """Candidates from region cells, in two approximations of the model's score.
+        1. Each query word probes its `probes` most similar cells; an image's value for
+           the word is its best probed cell's centroid similarity (or, when none of its
+           regions lies in a probed cell, the least probed one: an upper bound). Only
+           images met in the probed lists are considered: work grows with the lists,
+           not with the gallery.
+        2. The `refine` x C best of those are scored by centroid interaction over all
+           their regions (every region stands for its cell centroid), and the C best go
+           on to the exact score."""
+        index, params = self.index, self.params
+        cell_sims = words.numpy().astype(np.float32) @ index.region_centroids.T  # (L, cells)
+        probes = min(params.probes, cell_sims.shape[1])
+        probed = np.argpartition(-cell_sims, probes - 1, axis=1)[:, :probes]  # (L, P)
+        probed_sims = np.take_along_axis(cell_sims, probed, axis=1)
+        floor = probed_sims.min(axis=1)  # (L,)
+        items, source = index.region_lists.gather(probed.ravel())
+        keep = live[items]
+        items, source = items[keep], source[keep]
+        rows, local = _dense_ids(items, index.num_images)
+        best = torch.from_numpy(np.repeat(floor[:, None], len(rows), axis=1))  # (L, n)
+        flat = torch.from_numpy(source // probes * len(rows) + local)
+        values = torch.from_numpy(probed_sims.ravel()[source])
+        best.view(-1).scatter_reduce_(0, flat, values, "amax")
+        approx = _pool_rows(best.numpy().astype(np.float64), self.matching)
+        rows = rows[_top(approx, params.refine * candidates)]
+        if not len(rows):
+            return rows
+        # 2. centroid interaction over every region of the survivors
+        positions, segment_starts = _segments(index.region_starts, rows)
+        per_image = np.maximum.reduceat(
+            cell_sims[:, index.region_codes[positions]], segment_starts, axis=1
+        )
+        refined = _pool_rows(per_image.astype(np.float64), self.matching)
+        return rows[_top(refined, candidates)]
+
+    def _exact_images(
+        self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
+    ) -> Ranking:
+        if self.index.has_filled_cache:  # views of the RAM copy: big steps cost nothing
+            step, buffer = EXHAUSTIVE_CHUNK_IMAGES, None
+        else:  # read into one small buffer that stays in cache, step after step
+            step = RERANK_CHUNK_IMAGES
+            buffer = self._buffer("images", (step, self.index.num_regions, self.index.dim))
+
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            if buffer is not None and self.matching.coding == "hard":
+                block, counts, scales = self.index.image_codes(chunk, buffer)
+                return hard_text_scores(words, block, counts, self.matching, scales)
+            # padding holds a copy of each image's first region, so no lengths
+            block = self.index.filled_images(chunk, buffer)
+            return score_text_query(words, block, None, self.matching)
+
+        return _rank_exactly(score, rows, step, k, timings, exhaustive)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 scratch array of at least `shape`, one per thread and name."""
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        held = buffers.get(name)
+        if held is None or held.shape[0] < shape[0] or held.shape[1:] != shape[1:]:
+            held = buffers[name] = np.empty(shape, np.float32)
+        return held
+
+    # ------------------------------------------------------------------ image -> captions
+
+    def captions_for_regions(
+        self,
+        regions: torch.Tensor,
+        k: int = 10,
+        candidates: int | None = None,
+        exhaustive: bool = False,
+        allowed: np.ndarray | None = None,
+    ) -> Ranking:
+        """Query region vectors (n, d), valid ones only -> the k best live captions."""
+        timings: dict[str, float] = {}
+        live = self.index.live_captions
+        if allowed is not None:
+            live = live & _mask(allowed, self.index.num_captions)
+        candidates = candidates or self.params.caption_candidates
+        small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
+        if exhaustive or small or self.index.word_codes is None:
+            return self._exact_captions(regions, np.flatnonzero(live), k, timings, True)
+        started = time.perf_counter()
+        rows = self._shortlist_captions(regions, live, candidates)
+        timings["shortlist_ms"] = _ms(started)
+        if len(rows) < min(k, int(live.sum())):
+            return self._exact_captions(regions, np.flatnonzero(live), k, timings, True)
+        return self._exact_captions(regions, rows, k, timings, False)
+
+    def _shortlist_captions(self, regions: torch.Tensor, live: np.ndarray, candidates: int):
+        """The mirror of _shortlist_images: a word cell's value is its centroid's best
+        similarity to any query region. 1. The `caption_probes` best cells are probed;
+        a caption's words in them take their cell's value, its other words the least
+        probed value (an upper bound), pooled as the model pools. 2. The `refine` x C
+        best captions are scored with every word's own cell value, and the C best go on
+        to the exact score."""
+        index, params = self.index, self.params
+        query = regions.numpy().astype(np.float32)
+        cell_best = (query @ index.word_centroids.T).max(axis=0)  # (cells,)
+        probes = min(params.caption_probes, len(cell_best))
+        probed = np.argpartition(-cell_best, probes - 1)[:probes]
+        floor = float(cell_best[probed].min())
+        items, source = index.word_lists.gather(probed)
+        keep = live[items]
+        items, source = items[keep], source[keep]
+        rows, local = _dense_ids(items, index.num_captions)
+        lengths = np.diff(index.word_offsets)[rows]
+        hits = np.bincount(local, minlength=len(rows))
+        approx = _pool_with_floor(
+            cell_best[probed[source]].astype(np.float64), local, hits, lengths, floor,
+            self.matching,
+        )  # fmt: skip
+        rows = rows[_top(approx, params.refine * candidates)]
+        if not len(rows):
+            return rows
+        # 2. every word of the survivors at its own cell's value
+        positions, segment_starts = _segments(index.word_offsets, rows)
+        per_word = cell_best[index.word_codes[positions]].astype(np.float64)
+        offsets = np.append(segment_starts, len(positions))
+        refined = _pool_segments(per_word, offsets, self.matching)
+        return rows[_top(refined, candidates)]
+
+    def _exact_captions(
+        self, regions: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
+    ) -> Ranking:
+        lengths = np.diff(self.index.word_offsets)
+        step = RERANK_CHUNK_CAPTIONS
+
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            words = int(lengths[chunk].sum())
+            buffer = self._buffer("words", (max(words, step * 16), self.index.dim))
+            return score_image_query(regions, self.index.captions(chunk, buffer), self.matching)
+
+        return _rank_exactly(score, rows, step, k, timings, exhaustive)
+
+    # ------------------------------------------------------------------ model side
+
+    def require_checkpoint(self) -> LoadedCheckpoint:
+        if self.checkpoint is None:
+            raise ValueError("this searcher has no checkpoint: it can only take query vectors")
+        return self.checkpoint
+
+    @torch.inference_mode()
+    def encode_text(self, text: str) -> tuple[torch.Tensor, list[str]]:
+        """A query text -> its valid word vectors (L, d) and the token of each."""
+        if not text or not text.strip():
+            raise ValueError("the query text is empty")
+        checkpoint = self.require_checkpoint()
+        words, lens = checkpoint.encode_captions([text])
+        return words[0, : int(lens[0])].float(), checkpoint.tokenizer.tokens(text)
+
+    @torch.inference_mode()
+    def encode_image(self, image) -> tuple[torch.Tensor, np.ndarray]:
+        """An RGB PIL image -> valid region vectors (n, d) and their boxes (n, 4), through
+        the extractor the gallery was built with."""
+        extractor = self._get_extractor()
+        with self._extractor_lock:
+            batch = extractor.extract([image])
+        return self.encode_regions(batch.features[0], int(batch.counts[0])), batch.boxes[0]
+
+    @torch.inference_mode()
+    def encode_regions(self, features: np.ndarray, count: int) -> torch.Tensor:
+        """Raw (K, D) region features + valid count -> (count, d) region vectors."""
+        checkpoint = self.require_checkpoint()
+        feats = torch.as_tensor(np.asarray(features, np.float32))[None]
+        if not 1 <= count <= feats.shape[1]:
+            raise ValueError(f"region count {count} outside [1, {feats.shape[1]}]")
+        emb = checkpoint.model.encode_images(feats, torch.tensor([count]))
+        return emb[0, :count].float()
+
+    def _get_extractor(self):
+        if self._extractor is None:
+            spec = self.index.manifest.get("extractor")
+            if not spec:
+                raise ValueError(
+                    "this index records no extractor, so raw images cannot be encoded; "
+                    "query with a gallery image_id or region features"
+                )
+            from model.features.extractors.base import load_extractor
+
+            self._extractor = load_extractor(spec)
+        return self._extractor
+
+
+def hard_text_scores(
+    words: torch.Tensor,
+    regions: torch.Tensor,
+    counts: torch.Tensor,
+    matching: Matching,
+    scales: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact hard-assignment scores of one query's words (L, d) against a small block of
+    images (n, K, d) with `counts` valid regions: one product, padded slots masked to
+    -inf before each word's max, then the model's pooling. The rerank's inner loop: the
+    general scorer's padding fill and chunk planning cost more than the product here.
+    scales: (n, K) per-region factors of unscaled int8 codes, applied to the products."""
+    n, slots, dim = regions.shape
+    sims = regions.reshape(n * slots, dim) @ words.T
+    if scales is not None:
+        sims *= scales.reshape(n * slots, 1)
+    sims = sims.view(n, slots, -1)
+    padded = torch.arange(slots)[None, :] >= counts[:, None]
+    per_word = sims.masked_fill_(padded[:, :, None], float("-inf")).amax(dim=1)  # (n, L)
+    offsets = torch.tensor([0, words.shape[0]])
+    return pool_words(per_word, offsets, matching)[:, 0]
+
+
+def _rank_exactly(
+    score: Callable[[np.ndarray], torch.Tensor],
+    rows: np.ndarray,
+    step: int,
+    k: int,
+    timings: dict,
+    exhaustive: bool,
+) -> Ranking:
+    """Exact scores of `rows`, step rows at a time, and the k best of them."""
+    started = time.perf_counter()
+    scores = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), step):
+        scores[start : start + step] = score(rows[start : start + step])
+    best = _top(scores, k)
+    timings["exact_ms" if exhaustive else "rerank_ms"] = _ms(started)
+    return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
+
+
+def _mask(rows: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[rows] = True
+    return mask
+
+
+def _pool_rows(values: np.ndarray, matching: Matching) -> np.ndarray:
+    """(L, N) per-word values of N items -> (N,) pooled over the L query words."""
+    if matching.pooling == "lse":
+        t = matching.pooling_temperature
+        top = values.max(axis=0)
+        return np.log(np.exp((values - top) / t).sum(axis=0)) + top / t
+    if matching.pooling == "max":
+        return values.max(axis=0)
+    return values.mean(axis=0) if matching.pooling == "mean" else values.sum(axis=0)
+
+
+def _pool_segments(values: np.ndarray, offsets: np.ndarray, matching: Matching) -> np.ndarray:
+    """Per caption (offsets bound its words) the model's pooling of per-word values."""
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    if matching.pooling == "lse":
+        return np.log(np.add.reduceat(np.exp(values / matching.pooling_temperature), starts))
+    if matching.pooling == "max":
+        return np.maximum.reduceat(values, starts)
+    total = np.add.reduceat(values, starts)
+    return total / lengths if matching.pooling == "mean" else total
+
+
+def _dense_ids(items: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids among `items` (ascending) and each item's position among them, in
+    O(len(items) + size) without sorting."""
+    present = np.bincount(items, minlength=size) > 0
+    distinct = np.flatnonzero(present)
+    position = np.zeros(size, np.int64)
+    position[distinct] = np.arange(len(distinct))
+    return distinct, position[items]
+
+
+def _segments(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vector positions of the given items (item r owns starts[r]:starts[r + 1]), item
+    after item, and where each item's run begins in that list."""
+    lo, sizes = starts[rows], starts[rows + 1] - starts[rows]
+    run_starts = np.cumsum(sizes) - sizes
+    positions = np.arange(int(sizes.sum())) - np.repeat(run_starts - lo, sizes)
+    return positions, run_starts
+
+
+def _pool_with_floor(
+    values: np.ndarray,
+    owner: np.ndarray,
+    hits: np.ndarray,
+    lengths: np.ndarray,
+    floor: float,
+    matching: Matching,
+) -> np.ndarray:
+    """Pooled score per item when `values` (owned by items `owner`) are known and the
+    item's other lengths - hits words are worth `floor`."""
+    n, misses = len(lengths), lengths - hits
+    if matching.pooling == "max":
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, owner, values)
+        return np.where(misses > 0, np.maximum(best, floor), best)
+    if matching.pooling == "lse":
+        t = matching.pooling_temperature
+        top = max(float(values.max(initial=floor)), floor)  # shift: exp never overflows
+        total = np.bincount(owner, np.exp((values - top) / t), minlength=n)
+        return np.log(total + misses * np.exp((floor - top) / t)) + top / t
+    total = np.bincount(owner, values, minlength=n) + misses * floor
+    return total / lengths if matching.pooling == "mean" else total
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first (stable for ties)."""
+    if len(scores) <= k:
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,131 @@
+"""Cells (k-means, codes, inverted lists) and the shortlist's array helpers, each
+against a direct re-computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from index_builder.build.cells import InvertedLists, nearest_cells, train_centroids, write_codes
+from index_builder.search.vectors import (
+    _dense_ids,
+    _pool_rows,
+    _pool_segments,
+    _pool_with_floor,
+    _segments,
+)
+from model.scoring import Matching
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _clusters(rng, centers, per, noise=0.02):
+    points = np.repeat(centers, per, axis=0)
+    return _unit(points + rng.normal(size=points.shape) * noise), np.repeat(
+        np.arange(len(centers)), per
+    )
+
+
+def test_kmeans_finds_separated_clusters_and_codes_follow_them(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = _unit(rng.normal(size=(6, 64)))
+    points, truth = _clusters(rng, centers, 200)
+    centroids = train_centroids(points[rng.permutation(len(points))], 6, iterations=8, seed=3)
+    assert centroids.shape == (6, 64)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    # every true centre has a learnt centroid next to it
+    assert (centers @ centroids.T).max(axis=1).min() > 0.99
+    path = tmp_path / "codes.npy"
+    write_codes(centroids, len(points), lambda pos: points[pos], path, progress=False)
+    codes = np.load(path)
+    expected = (points @ centroids.T).argmax(axis=1)
+    np.testing.assert_array_equal(codes, expected)
+    # one learnt cell per true cluster
+    assert len({tuple(np.unique(codes[truth == c])) for c in range(6)}) == 6
+
+
+def test_nearest_cells_is_the_argmax_of_inner_products():
+    rng = np.random.default_rng(1)
+    centroids = _unit(rng.normal(size=(50, 32)))
+    vectors = _unit(centroids[rng.integers(0, 50, 300)] + rng.normal(size=(300, 32)) * 0.1)
+    got = nearest_cells(torch.from_numpy(vectors), torch.from_numpy(centroids)).numpy()
+    np.testing.assert_array_equal(got, (vectors @ centroids.T).argmax(axis=1))
+
+
+def test_too_many_cells_is_refused():
+    with pytest.raises(ValueError, match="at least as many vectors"):
+        train_centroids(np.eye(4, dtype=np.float32), 5, iterations=1)
+
+
+@pytest.mark.parametrize("unique", [True, False])
+def test_inverted_lists_hold_each_cells_owners(unique):
+    rng = np.random.default_rng(2)
+    owners = np.sort(rng.integers(0, 40, 500))
+    codes = rng.integers(0, 9, 500).astype(np.int32)
+    lists = InvertedLists.build(codes, owners, 12, unique=unique)
+    for cell in range(12):
+        members = owners[codes == cell]
+        expected = np.unique(members) if unique else members
+        np.testing.assert_array_equal(lists.items[lists.starts[cell] : lists.starts[cell + 1]],
+                                      expected)  # fmt: skip
+    cells = np.array([3, 11, 0, 3])
+    items, source = lists.gather(cells)
+    expected = np.concatenate([lists.items[lists.starts[c] : lists.starts[c + 1]] for c in cells])
+    np.testing.assert_array_equal(items, expected)
+    np.testing.assert_array_equal(cells[source], np.concatenate(
+        [np.full(lists.starts[c + 1] - lists.starts[c], c) for c in cells]))  # fmt: skip
+    empty_items, empty_source = lists.gather(np.array([11]))  # cell 11 holds nothing
+    assert len(empty_items) == 0 and len(empty_source) == 0
+
+
+def test_dense_ids_and_segments():
+    items = np.array([7, 2, 7, 9, 2, 2])
+    distinct, position = _dense_ids(items, 12)
+    np.testing.assert_array_equal(distinct, [2, 7, 9])
+    np.testing.assert_array_equal(distinct[position], items)
+    starts = np.array([0, 3, 4, 9, 11])  # item r owns starts[r]:starts[r + 1]
+    positions, run_starts = _segments(starts, np.array([2, 0, 3]))
+    np.testing.assert_array_equal(positions, [4, 5, 6, 7, 8, 0, 1, 2, 9, 10])
+    np.testing.assert_array_equal(run_starts, [0, 5, 8])
+
+
+@pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
+def test_pool_with_floor_equals_pooling_the_filled_words(pooling):
+    """Known word values plus `floor` for every other word, pooled directly."""
+    rng = np.random.default_rng(3)
+    matching = Matching(coding="hard", pooling=pooling, pooling_temperature=0.1)
+    lengths = np.array([3, 5, 1, 4])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hit_words = np.array([0, 2, 3, 7, 8, 10])  # flat word positions with a known value
+    values = rng.uniform(0.2, 0.9, len(hit_words))
+    owner = np.searchsorted(offsets, hit_words, side="right") - 1
+    floor = 0.15
+    filled = np.full(offsets[-1], floor)
+    filled[hit_words] = values
+    expected = _pool_segments(filled, offsets, matching)
+    hits = np.bincount(owner, minlength=len(lengths))
+    got = _pool_with_floor(values, owner, hits, lengths, floor, matching)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    # the (L, N) pooling agrees with the segment pooling for equal-length items
+    table = rng.uniform(size=(4, 3))
+    np.testing.assert_allclose(
+        _pool_rows(table, matching), _pool_segments(table.T.ravel(), np.arange(0, 13, 4), matching)
+    )
+
+
+@pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
+def test_rerank_scores_equal_the_model_scorer(pooling):
+    """The rerank's masked fast path equals score_text_query on filled padding."""
+    from index_builder.search.vectors import hard_text_scores
+    from model.scoring import fill_padded_regions, score_text_query
+
+    rng = np.random.default_rng(4)
+    matching = Matching(coding="hard", pooling=pooling, pooling_temperature=0.1)
+    regions = torch.from_numpy(_unit(rng.normal(size=(9, 7, 32))))
+    counts = torch.tensor([7, 1, 3, 7, 5, 2, 7, 4, 6])
+    regions[torch.arange(7)[None, :] >= counts[:, None]] = 5.0  # garbage in padding
+    words = torch.from_numpy(_unit(rng.normal(size=(6, 32))))
+    expected = score_text_query(words, fill_padded_regions(regions, counts), None, matching)
+    got = hard_text_scores(words, regions.clone(), counts, matching)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
