@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service import NotReady, Overloaded
-from index_builder.search.searcher import UnknownIdError
+from index_builder.errors import UnknownIdError
 from model.features.images import ImageError
 
 logger = logging.getLogger(__name__)

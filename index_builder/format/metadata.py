@@ -28,6 +28,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
+from index_builder.errors import QueryError
 from index_builder.format.records import (
     CONTROL_CHARS,
     CaptionRecord,
@@ -296,7 +297,7 @@ class MetadataStore:
         """
         _check_kind(kind)
         if not isinstance(filter, Mapping):
-            raise ValueError(f"filter must be a dict of metadata key -> value, got {filter!r}")
+            raise QueryError(f"filter must be a dict of metadata key -> value, got {filter!r}")
         clauses, params = ["deleted = 0"], []
         for key, value in filter.items():
             clause, clause_params = filter_clause(key, value)

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from index_builder.errors import QueryError
+
 ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # reused: 2x faster dumps
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
@@ -61,7 +63,7 @@ class CaptionRecord:
 def filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
     """SQL condition (with its parameters) true when metadata at `key` equals one of `value`."""
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise ValueError(
+        raise QueryError(
             f"invalid metadata key {key!r}: use dotted parts of letters, digits, '_' or '-'"
         )
     path = "$" + "".join(f'."{part}"' for part in key.split("."))
@@ -86,9 +88,9 @@ def filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
 
 def _check_filter_value(key: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"filter value for {key!r} must be finite, got {value!r}")
+        raise QueryError(f"filter value for {key!r} must be finite, got {value!r}")
     if not isinstance(value, str | int | float):
-        raise ValueError(
+        raise QueryError(
             f"filter value for {key!r} must be str, int, float, bool or a list of them, "
             f"got {type(value).__name__}"
         )

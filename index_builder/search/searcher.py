@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from index_builder.errors import QueryError, UnknownIdError
 from index_builder.format.metadata import ImageRecord
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.vectors import Ranking, SearchParams, VectorSearcher
@@ -22,13 +23,6 @@ from model.scoring import FlatWords, best_regions, score_matrix
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000  # results per query; a client wanting more should page through filters
-
-
-class UnknownIdError(KeyError):
-    """An image or caption id that is not in the index (or was deleted)."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
-        return str(self.args[0])
 
 
 class Searcher(VectorSearcher):
@@ -133,7 +127,7 @@ class Searcher(VectorSearcher):
         """Exactly one of the three query forms -> (n, d) region vectors and (n, 4) boxes."""
         given = sum(x is not None for x in (image, image_id, features))
         if given != 1:
-            raise ValueError("give exactly one of: an image, an image_id, or region features")
+            raise QueryError("give exactly one of: an image, an image_id, or region features")
         if image_id is not None:
             row = self.image_row(image_id)
             regions, counts = self.index.images(np.array([row]))
@@ -143,7 +137,7 @@ class Searcher(VectorSearcher):
             return self.encode_image(image)
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2:
-            raise ValueError(f"region features must be (K, D), got shape {features.shape}")
+            raise QueryError(f"region features must be (K, D), got shape {features.shape}")
         return self.encode_regions(features, count or features.shape[0]), None
 
     def image_record(self, image_id: str) -> ImageRecord:
@@ -217,9 +211,9 @@ class Searcher(VectorSearcher):
 
 def _check_k(k: int, candidates: int | None) -> tuple[int, int | None]:
     if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must lie in [1, {MAX_K}], got {k}")
+        raise QueryError(f"k must lie in [1, {MAX_K}], got {k}")
     if candidates is not None and candidates < 1:
-        raise ValueError(f"candidates must be >= 1, got {candidates}")
+        raise QueryError(f"candidates must be >= 1, got {candidates}")
     return k, None if candidates is None else max(candidates, k)
 
 

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from index_builder.errors import UnknownIdError
 from index_builder.format import layout as fmt
 from index_builder.format.metadata import ImageRecord
 from index_builder.format.reader import GalleryIndex
-from index_builder.search.searcher import Searcher, UnknownIdError, _check_k, _ms
+from index_builder.search.searcher import Searcher, _check_k, _ms
 from index_builder.search.vectors import SearchParams
 from model.checkpoint import checkpoint_hash, load_checkpoint
 

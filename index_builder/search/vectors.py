@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from index_builder.errors import QueryError
 from index_builder.format.reader import GalleryIndex
 from model.checkpoint import LoadedCheckpoint
 from model.scoring import Matching, pool_words, score_image_query, score_text_query
@@ -237,14 +238,14 @@ class VectorSearcher:
 
     def require_checkpoint(self) -> LoadedCheckpoint:
         if self.checkpoint is None:
-            raise ValueError("this searcher has no checkpoint: it can only take query vectors")
+            raise QueryError("this searcher has no checkpoint: it can only take query vectors")
         return self.checkpoint
 
     @torch.inference_mode()
     def encode_text(self, text: str) -> tuple[torch.Tensor, list[str]]:
         """A query text -> its valid word vectors (L, d) and the token of each."""
         if not text or not text.strip():
-            raise ValueError("the query text is empty")
+            raise QueryError("the query text is empty")
         checkpoint = self.require_checkpoint()
         words, lens = checkpoint.encode_captions([text])
         return words[0, : int(lens[0])].float(), checkpoint.tokenizer.tokens(text)
@@ -264,7 +265,7 @@ class VectorSearcher:
         checkpoint = self.require_checkpoint()
         feats = torch.as_tensor(np.asarray(features, np.float32))[None]
         if not 1 <= count <= feats.shape[1]:
-            raise ValueError(f"region count {count} outside [1, {feats.shape[1]}]")
+            raise QueryError(f"region count {count} outside [1, {feats.shape[1]}]")
         emb = checkpoint.model.encode_images(feats, torch.tensor([count]))
         return emb[0, :count].float()
 
@@ -272,7 +273,7 @@ class VectorSearcher:
         if self._extractor is None:
             spec = self.index.manifest.get("extractor")
             if not spec:
-                raise ValueError(
+                raise QueryError(
                     "this index records no extractor, so raw images cannot be encoded; "
                     "query with a gallery image_id or region features"
                 )

@@ -11,9 +11,10 @@ from PIL import Image
 
 from app.cli import main
 from index_builder.build.build import BuildOptions, build_index
+from index_builder.errors import UnknownIdError
 from index_builder.format import layout as fmt
 from index_builder.format.reader import GalleryIndex
-from index_builder.search.searcher import Searcher, UnknownIdError
+from index_builder.search.searcher import Searcher
 from model.checkpoint import checkpoint_hash
 from tests.index_builder.conftest import build
 

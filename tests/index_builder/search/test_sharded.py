@@ -6,8 +6,9 @@ import pytest
 
 from app.cli import main
 from index_builder.build.build import parse_shard, shard_of
+from index_builder.errors import UnknownIdError
 from index_builder.format import layout as fmt
-from index_builder.search.searcher import Searcher, UnknownIdError
+from index_builder.search.searcher import Searcher
 from index_builder.search.sharded import ShardedSearcher, shard_dirs
 from tests.index_builder.conftest import build
 
