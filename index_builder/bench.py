@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index_builder.build.writer import IndexWriter, WriterSpec
 from index_builder.format.metadata import CaptionRecord, ImageRecord
 from index_builder.format.reader import GalleryIndex
-from index_builder.format.writer import IndexWriter, WriterSpec
 from index_builder.search.vectors import SearchParams, VectorSearcher
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch / FAISS threads per query (1, as the service runs)",
+        help="torch threads per query (1, as the service runs)",
     )
     parser.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
     parser.add_argument(
@@ -119,13 +119,12 @@ def _noisy(vectors: np.ndarray, rng: np.random.Generator, scale: float = 1.0) ->
     return _unit(vectors + noise)
 
 
-def build(world: World, out: Path, storage: str, budget: int) -> dict[str, Any]:
+def build(world: World, out: Path, storage: str) -> dict[str, Any]:
     args = world.args
     n_caps = args.images * args.captions_per_image
     spec = WriterSpec(
         num_regions=args.regions, dim=args.dim, matching=MATCHING, storage=storage,
         checkpoint={"sha256": SYNTHETIC_CHECKPOINT, "path": None, "config": None},
-        memory_budget_bytes=budget, pooled=False,
         build={"synthetic": {k: v for k, v in vars(args).items() if k in BENCH_KEYS}},
     )  # fmt: skip
     lengths = np.full(n_caps, args.words, np.int64)
@@ -211,7 +210,7 @@ def measure_queries(
     first against the second, per direction."""
     searcher = VectorSearcher(index, None, params or SearchParams())
     result: dict[str, Any] = {
-        "faiss": {n: c["factory"] for n, c in index.manifest["faiss"].items()},
+        "cells": {side: c["cells"] for side, c in index.manifest["cells"].items()},
         "search": dataclasses.asdict(searcher.params),
     }
     for name, queries, run in (
@@ -276,9 +275,6 @@ def _rss_bytes() -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
     if args.index is not None:
         if args.checkpoint is None:
             raise ValueError("--index needs --checkpoint (the model that built it)")
@@ -297,7 +293,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             out = workdir / f"index-{storage}"
             figures = _reused(out, args) if args.keep else None
             if figures is None:
-                figures = build(world, out, storage, int(args.memory_budget_gb * (1 << 30)))
+                figures = build(world, out, storage)
                 if args.keep:
                     _save_build(out, args, figures)
             figures |= measure(world, out, search_params(args))
@@ -323,9 +319,10 @@ def format_report(report: dict[str, Any]) -> str:
         if "build_s" in f:
             lines.append(f"[{storage}] build {f['build_s']} s ({f['images_per_s']} images/s), "
                          f"disk {f['disk_bytes_per_image']:,} B/image, "
-                         f"RAM {f['ram_bytes_per_image']:,} B/image; {f['faiss']}")  # fmt: skip
+                         f"RAM {f['ram_bytes_per_image']:,} B/image; "
+                         f"cells {f['cells']}")  # fmt: skip
         else:
-            lines.append(f"[{storage}] {f['faiss']}, text encoding p50 "
+            lines.append(f"[{storage}] cells {f['cells']}, text encoding p50 "
                          f"{f['text_encode_p50_ms']} ms")  # fmt: skip
         for name in ("text_to_image", "image_to_text"):
             d = f[name]

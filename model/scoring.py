@@ -53,13 +53,21 @@ def check_lengths(lens: torch.Tensor, max_len: int, what: str) -> None:
         )
 
 
-def fill_padded_regions(regions: torch.Tensor, lens: torch.Tensor | None) -> torch.Tensor:
-    """Copy each image's first region into its padded slots.
+def fill_padded_regions(
+    regions: torch.Tensor, lens: torch.Tensor | None, inplace: bool = False
+) -> torch.Tensor:
+    """Copy each image's first region into its padded slots (a copy cannot change a max
+    over regions, so a scorer needs no mask).
 
     regions: (B, K, d); lens: (B,) valid counts, or None when every slot is valid.
-    Returns (B, K, d); the input itself when nothing is padded.
+    Returns (B, K, d); the input itself when nothing is padded or with inplace=True (then
+    only the padded slots are written: no new (B, K, d) array).
     """
     if lens is None or bool((lens == regions.shape[1]).all()):
+        return regions
+    if inplace:
+        padded = torch.arange(regions.shape[1], device=regions.device)[None, :] >= lens[:, None]
+        regions[padded] = regions[:, 0].repeat_interleave(regions.shape[1] - lens, dim=0)
         return regions
     slots = torch.arange(regions.shape[1], device=regions.device).expand(regions.shape[0], -1)
     slots = torch.where(slots < lens[:, None], slots, 0)

@@ -11,8 +11,6 @@ from index_builder.format.durable import disk_full_reported, recover
 
 logger = logging.getLogger(__name__)
 
-GIB = 1 << 30
-
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("index", help="build and manage search indexes")
@@ -23,18 +21,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_delete(sub)
     _add_add(sub)
     _add_compact(sub)
-
-
-def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Register `chan bench search`."""
-    from index_builder import bench
-
-    parser = bench_subparsers.add_parser(
-        "search",
-        help="shortlist + rerank vs exhaustive: recall, latency, build speed, bytes per image",
-    )
-    bench.add_arguments(parser)
-    parser.set_defaults(func=bench.run_from_args)
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
@@ -55,13 +41,6 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-metadata", type=Path, help="JSONL: image_id + metadata")
     parser.add_argument("--out", type=Path, required=True, help="index directory to write")
     parser.add_argument("--storage", choices=["float16", "int8"], default="float16")
-    parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="FAISS RAM budget")
-    parser.add_argument(
-        "--factory", action="append", default=[], metavar="NAME=FACTORY",
-        help="override a pooled FAISS index, e.g. images_pooled=IVF4096,PQ64x8np (names: "
-        "images_pooled, captions_pooled)",
-    )  # fmt: skip
-    parser.add_argument("--no-pooled", action="store_true", help="skip the pooled indexes")
     parser.add_argument(
         "--word-cells", type=int, help="k-means cells over caption words (default: by size)"
     )
@@ -80,20 +59,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 def _run_build(args: argparse.Namespace) -> int:
     from index_builder.build.build import BuildOptions, build_index, parse_shard
 
-    factories = {}
-    for item in args.factory:
-        name, sep, factory = item.partition("=")
-        if not sep or name not in {"images_pooled", "captions_pooled"}:
-            raise ValueError(f"--factory {item!r}: write NAME=FACTORY with NAME one of "
-                             "images_pooled, captions_pooled")  # fmt: skip
-        factories[name] = factory
-    if args.batch_size < 1 or args.memory_budget_gb <= 0:
-        raise ValueError("--batch-size and --memory-budget-gb must be positive")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be positive")
     options = BuildOptions(
         storage=args.storage,
-        memory_budget_bytes=int(args.memory_budget_gb * GIB),
-        factories=factories,
-        pooled=not args.no_pooled,
         word_cells=args.word_cells,
         region_cells=args.region_cells,
         batch_size=args.batch_size,
@@ -140,9 +109,10 @@ def summary(path: Path) -> str:
         f"{size / 1e6:,.1f} MB on disk, {len(m['segments'])} segment(s)",
         f"  checkpoint {m['checkpoint']['sha256'][:12]} ({m['checkpoint'].get('path')})",
     ]
-    for name, choice in m["faiss"].items():
-        probe = f" (nprobe {choice['nprobe']})" if choice.get("nprobe") else ""
-        lines.append(f"  {name}: {choice['factory']}{probe}")
+    for side in ("regions", "words"):
+        cells = m["cells"].get(side)
+        shown = f"{cells['cells']:,} k-means cells" if cells else "no cells (scanned exactly)"
+        lines.append(f"  {side}: {shown}")
     for direction in ("text_to_image", "image_to_text"):
         if direction in m.get("recall", {}):
             r = m["recall"][direction]

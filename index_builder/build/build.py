@@ -11,7 +11,7 @@ import logging
 import random
 import shutil
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from index_builder.build import recall
+from index_builder.build.writer import IndexWriter, WriterSpec
 from index_builder.format import durable
 from index_builder.format.metadata import CaptionRecord, ImageRecord
 from index_builder.format.reader import GalleryIndex
-from index_builder.format.writer import DEFAULT_MEMORY_BUDGET, IndexWriter, WriterSpec
 from index_builder.search.vectors import SearchParams, VectorSearcher
 from model.checkpoint import LoadedCheckpoint, checkpoint_hash, load_checkpoint
 from model.inference import read_regions
@@ -37,9 +37,6 @@ class BuildOptions:
     """How to build; every field lands in the manifest's `build` section."""
 
     storage: str = "float16"  # float16 | int8
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    factories: dict[str, str] = field(default_factory=dict)  # FAISS overrides by index name
-    pooled: bool = True
     word_cells: int | None = None  # None: by size (no cells for few words)
     region_cells: int | None = None  # None: by size (no cells for small galleries)
     batch_size: int = 128
@@ -97,9 +94,6 @@ def build_index(
         },
         extractor=gallery.extractor,
         storage=options.storage,
-        memory_budget_bytes=options.memory_budget_bytes,
-        factories=dict(options.factories),
-        pooled=options.pooled,
         word_cells=options.word_cells,
         region_cells=options.region_cells,
         build={

@@ -1,10 +1,10 @@
-"""Cells: spherical k-means over one side's stored vectors, and inverted lists.
+"""Cells: spherical k-means over one side's stored vectors, and how many cells a side gets.
 
 Every stored vector (an image region, a caption word) belongs to the cell of its nearest
-centroid. The searcher uses cells twice (see shortlist.py): inverted lists give the
-items that have a vector in the cells nearest a query vector (candidate generation,
-sublinear in the gallery), and centroid similarities approximate every vector of a
-candidate (centroid interaction) before the exact rerank.
+centroid. The searcher uses cells twice (see search/vectors.py): inverted lists
+(search/lists.py) give the items that have a vector in the cells nearest a query vector
+(candidate generation, sublinear in the gallery), and centroid similarities approximate
+every vector of a candidate (centroid interaction) before the exact rerank.
 
 Training and assignment are bf16 matrix products in torch: on this class of CPU they run
 at about 270 GFLOP/s against 160 for fp32 (and faiss's k-means), and a cell only needs
@@ -14,8 +14,8 @@ cells is about 30 TFLOP, two minutes on 2 cores."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,31 @@ ASSIGN_BATCH = 8192  # vectors per assignment product (batch x cells bf16 tempor
 SEED_ROUNDS = 16  # k-means++ seeding draws cells / SEED_ROUNDS seeds per round
 SEED_TRIALS = 3  # candidates per seed in greedy k-means++
 FETCH_BATCH = 65_536  # vectors read from the segment per step when writing codes
+CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
+# A side with at most this many vectors is scanned exactly (it costs a few ms): no cells.
+EXACT_MAX_VECTORS = 50_000
+# About 4 sqrt(n) cells, a power of two: the low end of FAISS's 4-16 sqrt(n) guideline for
+# inverted lists keeps the lists long (cheap probes, fewer centroids to train on 2 cores).
+CELLS_PER_SQRT_N = 4
+MIN_CELLS = 64  # fewer cells than this prune too little to beat an exact scan
+# More cells sharpen approximate scores but cost assignment time (vectors x cells x d):
+# 4,096 cells keep 100,000 images x 36 regions x d=1024 at about two minutes.
+MAX_CELLS = 4096
+MIN_POINTS_PER_CELL = 39  # fewer training points per centroid make unreliable centroids
 
 Fetch = Callable[[np.ndarray], np.ndarray]  # positions -> (n, d) float32 vectors
+
+
+def cell_count(n_vectors: int) -> int:
+    """Cells for a side of n_vectors: 0 (exact scan) up to EXACT_MAX_VECTORS, else about
+    CELLS_PER_SQRT_N * sqrt(n) rounded to a power of two in [MIN_CELLS, MAX_CELLS], and
+    never more than MIN_POINTS_PER_CELL training points per cell allow."""
+    if n_vectors <= EXACT_MAX_VECTORS:
+        return 0
+    target = CELLS_PER_SQRT_N * math.sqrt(n_vectors)
+    cells = min(max(2 ** round(math.log2(target)), MIN_CELLS), MAX_CELLS)
+    trainable = n_vectors // MIN_POINTS_PER_CELL
+    return min(cells, 2 ** int(math.log2(trainable)))
 
 
 def train_centroids(
@@ -108,38 +131,6 @@ def write_codes(
             stop = min(count, start + FETCH_BATCH)
             vectors = torch.from_numpy(np.ascontiguousarray(fetch(np.arange(start, stop))))
             writer.write(start, nearest_cells(vectors, cents).numpy().astype(np.int32))
-
-
-@dataclass(frozen=True)
-class InvertedLists:
-    """Per cell, the items owning a vector in it: items[starts[c]:starts[c + 1]]."""
-
-    starts: np.ndarray  # (cells + 1,) int64
-    items: np.ndarray  # (postings,) int32, ascending within a cell
-
-    @classmethod
-    def build(cls, codes: np.ndarray, owners: np.ndarray, cells: int, unique: bool):
-        """codes: cell of every vector; owners: item of every vector, ascending (vectors
-        are stored item by item). unique=True keeps one posting per (cell, item); False
-        keeps one per vector."""
-        order = np.argsort(codes, kind="stable")  # stable: items stay ascending per cell
-        cell_of, items = codes[order], owners[order].astype(np.int32)
-        if unique and len(items):
-            keep = np.ones(len(items), bool)
-            keep[1:] = (cell_of[1:] != cell_of[:-1]) | (items[1:] != items[:-1])
-            cell_of, items = cell_of[keep], items[keep]
-        sizes = np.bincount(cell_of, minlength=cells)
-        return cls(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), items)
-
-    def gather(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Items of the given cells, and for each the position in `cells` it came from."""
-        lo, hi = self.starts[cells], self.starts[cells + 1]
-        sizes = hi - lo
-        if not sizes.sum():
-            return np.empty(0, np.int32), np.empty(0, np.int64)
-        source = np.repeat(np.arange(len(cells)), sizes)
-        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        return self.items[lo[source] + within], source
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -122,8 +122,8 @@ class _Extra:
 
 def _rewrite(index_path: Path, extra: _Extra | None, recall_queries: int, progress) -> dict:
     from index_builder.build.build import measure_recall
+    from index_builder.build.writer import IndexWriter, WriterSpec
     from index_builder.format.reader import GalleryIndex
-    from index_builder.format.writer import IndexWriter, WriterSpec
 
     index = GalleryIndex(index_path, checksums=True)
     manifest = index.manifest
@@ -139,8 +139,7 @@ def _rewrite(index_path: Path, extra: _Extra | None, recall_queries: int, progre
     spec = WriterSpec(
         num_regions=index.num_regions, dim=index.dim, matching=manifest["matching"],
         checkpoint=manifest["checkpoint"], extractor=manifest["extractor"],
-        storage=index.storage, memory_budget_bytes=manifest["build"]["memory_budget_bytes"],
-        pooled=fmt.IMAGE_POOLED_INDEX in manifest["faiss"],
+        storage=index.storage,
         build={**manifest["build"], "rewritten_from": manifest["counts"]},
     )  # fmt: skip
     lengths = np.diff(index.word_offsets)[captions]

@@ -1,31 +1,28 @@
-"""The index directory format, version 1: names, manifest, checksums, and opening with
+"""The index directory format, version 2: names, manifest, checksums, and opening with
 verification. Nothing else reads or writes these files directly.
 
     INDEX/
-      manifest.json            what this is, who built it, counts, dims, dtypes, FAISS
-                               factories, build parameters, measured recall, checksums
+      manifest.json            what this is, who built it, counts, dims, dtypes, cells,
+                               build parameters, measured recall, checksums
       metadata.sqlite          ids, URIs, caption text, image <-> caption links, tombstones
-      regions.faiss            region cells: k-means centroids of the region vectors (text ->
-                               image shortlist); absent for small galleries
-      words.faiss              word cells: k-means centroids of the word vectors (image ->
+      region_centroids.npy     (cells, d) float32 k-means centroids of the region vectors
+                               (text -> image shortlist); absent for small galleries
+      word_centroids.npy       (cells, d) float32 the same for the word vectors (image ->
                                caption shortlist); absent for small caption sets
-      images_pooled.faiss      one mean vector per image (cheap shortlist, optional)
-      captions_pooled.faiss    one mean vector per caption (optional)
       seg000/ seg001/ ...      segments: `chan index add` appends one, compact merges them
         regions.npy            (n, K, d) float16, or int8 + region_scales.npy (n, K)
         region_counts.npy      (n,) int32 valid regions
         region_boxes.npy       (n, K, 4) float32 x0 y0 x1 y1 fractions
-        region_owner.npy       (v,) int64 global image row of each vector in regions.faiss
-        image_pooled.npy       (n, d) float16 normalised mean region vector per image
+        region_owner.npy       (v,) int64 global image row of each valid region vector
         words.npy              (w, d) float16, or int8 + word_scales.npy (w,)
         word_offsets.npy       (m + 1,) int64 caption boundaries inside words.npy
-        caption_pooled.npy     (m, d) float16 normalised mean word vector per caption
-        word_codes.npy         (w,) int32 cell of each word vector (with words.faiss)
-        region_codes.npy       (v,) int32 cell of each region vector (with regions.faiss)
+        word_codes.npy         (w,) int32 cell of each word vector (with word_centroids)
+        region_codes.npy       (v,) int32 cell of each region vector (with region_centroids)
 
-The stored vectors are the exact contents of the cells: FAISS holds only centroids.
-Region vector i (valid regions, image by image) belongs to image region_owner[i]; word
-vector j belongs to the caption whose global offsets bracket j.
+The stored vectors are the exact contents of the cells. Region vector i (valid regions,
+image by image) belongs to image region_owner[i]; word vector j belongs to the caption
+whose global offsets bracket j. Version 1 also held one pooled vector per item and FAISS
+files that nothing searched; it is refused with the advice to rebuild.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +39,16 @@ from typing import Any
 import numpy as np
 
 from index_builder.format import manifest as manifest_schema
+from index_builder.format.manifest import CODE_FILES
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "chan-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 METADATA = "metadata.sqlite"
-REGION_INDEX, WORD_INDEX = "regions.faiss", "words.faiss"
-IMAGE_POOLED_INDEX, CAPTION_POOLED_INDEX = "images_pooled.faiss", "captions_pooled.faiss"
 STORAGE_DTYPES = ("float16", "int8")
-WORD_CODES = "word_codes.npy"  # per word vector its cell in words.faiss
-REGION_CODES = "region_codes.npy"  # per region vector its cell in regions.faiss
+SIDES = ("regions", "words")  # the two sides that can have cells: text -> image, image -> text
 
 
 class IndexFormatError(ValueError):
@@ -165,16 +161,23 @@ class Segment:
     region_codes: np.ndarray | None  # (v,) cells of the region vectors, likewise
 
 
-def open_segment(directory: Path, storage: str) -> Segment:
-    def load(name: str) -> np.ndarray:
-        try:
-            return np.load(directory / name, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(
-                f"{directory / name} is not a readable .npy array ({exc}); rebuild the index"
-            ) from None
+def load_array(path: Path) -> np.ndarray:
+    """A stored .npy array, memory-mapped; IndexFormatError when it cannot be read."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(
+            f"{path} is not a readable .npy array ({exc}); rebuild the index"
+        ) from None
 
-    int8 = storage == "int8"
+
+def open_segment(directory: Path, storage: str, cell_sides: Iterable[str] = ()) -> Segment:
+    """The arrays of one segment; the cell codes of the sides in `cell_sides`."""
+
+    def load(name: str) -> np.ndarray:
+        return load_array(directory / name)
+
+    int8, sides = storage == "int8", set(cell_sides)
     return Segment(
         regions=load("regions.npy"),
         region_scales=load("region_scales.npy") if int8 else None,
@@ -184,10 +187,8 @@ def open_segment(directory: Path, storage: str) -> Segment:
         words=load("words.npy"),
         word_scales=load("word_scales.npy") if int8 else None,
         offsets=np.asarray(load("word_offsets.npy")),
-        word_codes=np.asarray(load(WORD_CODES)) if (directory / WORD_CODES).exists() else None,
-        region_codes=(
-            np.asarray(load(REGION_CODES)) if (directory / REGION_CODES).exists() else None
-        ),
+        word_codes=np.asarray(load(CODE_FILES["words"])) if "words" in sides else None,
+        region_codes=np.asarray(load(CODE_FILES["regions"])) if "regions" in sides else None,
     )
 
 
@@ -211,9 +212,9 @@ def check_segment(directory: Path, seg: Segment, entry: dict[str, Any],
         expected["region_scales.npy"] = (seg.region_scales, (n, k), None)
         expected["word_scales.npy"] = (seg.word_scales, (words,), None)
     if seg.region_codes is not None:
-        expected[REGION_CODES] = (seg.region_codes, (vectors,), None)
+        expected[CODE_FILES["regions"]] = (seg.region_codes, (vectors,), None)
     if seg.word_codes is not None:
-        expected[WORD_CODES] = (seg.word_codes, (words,), None)
+        expected[CODE_FILES["words"]] = (seg.word_codes, (words,), None)
     for name, (array, shape, dtype) in expected.items():
         if array.shape != shape:
             raise IndexFormatError(

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 CHECKSUM_KEY = "manifest_sha256"
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0)]
-FAISS_FILES = ("regions.faiss", "words.faiss", "images_pooled.faiss", "captions_pooled.faiss")
-CODE_FILES = ("region_codes.npy", "word_codes.npy")
+# per side with cells: its centroids (at the index root) and each vector's cell (per segment)
+CENTROID_FILES = {"regions": "region_centroids.npy", "words": "word_centroids.npy"}
+CODE_FILES = {"regions": "region_codes.npy", "words": "word_codes.npy"}
 METADATA_FILE = "metadata.sqlite"
 
 
@@ -58,19 +59,16 @@ class SegmentEntry(_Strict):
     captions: Count
 
 
-class FaissEntry(_Strict):
-    factory: str = Field(min_length=1)
-    metric: Literal["inner_product"]
-    train_vectors: Count
-    nprobe: int | None = Field(ge=1)  # required, even when null: the reader sets them
-    ef_search: int | None = Field(ge=1)
-    bytes_estimate: Count
-    reason: str
+class CellsEntry(_Strict):
+    cells: int = Field(ge=1)  # k-means centroids
+    train_vectors: int = Field(ge=1)  # the sample they were trained on
+    iterations: int = Field(ge=1)
+    seconds: float = Field(ge=0)  # training and assigning every vector
 
 
 class ManifestModel(_Strict):
     format: Literal["chan-index"]
-    format_version: Literal[1]
+    format_version: Literal[2]
     checkpoint: CheckpointRef
     extractor: dict[str, Any] | None
     matching: MatchingSpec
@@ -79,7 +77,7 @@ class ManifestModel(_Strict):
     dim: int = Field(ge=1, le=65536)
     storage: Literal["float16", "int8"]
     segments: list[SegmentEntry] = Field(min_length=1)
-    faiss: dict[Literal[FAISS_FILES], FaissEntry]  # type: ignore[valid-type]
+    cells: dict[Literal["regions", "words"], CellsEntry]
     build: dict[str, Any]
     versions: dict[str, str]
     recall: dict[str, Any] | None = None
@@ -118,7 +116,7 @@ class ManifestModel(_Strict):
 def segment_files(storage: str) -> list[str]:
     """The array files of one segment for a storage dtype."""
     files = ["regions.npy", "region_counts.npy", "region_boxes.npy", "region_owner.npy"]
-    files += ["image_pooled.npy", "words.npy", "word_offsets.npy", "caption_pooled.npy"]
+    files += ["words.npy", "word_offsets.npy"]
     if storage == "int8":
         files += ["region_scales.npy", "word_scales.npy"]
     return files
@@ -126,13 +124,10 @@ def segment_files(storage: str) -> list[str]:
 
 def required_files(manifest: ManifestModel) -> list[str]:
     """Every file an index with this manifest must hold."""
-    names = [METADATA_FILE, *manifest.faiss]
+    names = [METADATA_FILE, *(CENTROID_FILES[side] for side in manifest.cells)]
     for segment in manifest.segments:
         names += [f"{segment.name}/{f}" for f in segment_files(manifest.storage)]
-        if "regions.faiss" in manifest.faiss:
-            names.append(f"{segment.name}/region_codes.npy")
-        if "words.faiss" in manifest.faiss:
-            names.append(f"{segment.name}/word_codes.npy")
+        names += [f"{segment.name}/{CODE_FILES[side]}" for side in manifest.cells]
     return names
 
 

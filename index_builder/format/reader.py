@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from index_builder.build.cells import InvertedLists
 from index_builder.format import layout as fmt
+from index_builder.format.manifest import CENTROID_FILES
 from index_builder.format.metadata import MetadataStore
-from index_builder.format.writer import dequantize, read_only_tensor
-from index_builder.policy import apply_search_params
+from index_builder.format.quant import dequantize
 from model.scoring import FlatWords, Matching, fill_padded_regions
 
 logger = logging.getLogger(__name__)
@@ -45,8 +43,9 @@ class GalleryIndex:
         self.num_regions, self.dim = self.manifest["num_regions"], self.manifest["dim"]
         self.matching = Matching(**self.manifest["matching"])
         self.segments = []
+        cell_sides = tuple(self.manifest["cells"])
         for entry in self.manifest["segments"]:
-            segment = fmt.open_segment(self.path / entry["name"], self.storage)
+            segment = fmt.open_segment(self.path / entry["name"], self.storage, cell_sides)
             fmt.check_segment(self.path / entry["name"], segment, entry, self.manifest)
             self.segments.append(segment)
         self._image_starts = _starts([len(s.counts) for s in self.segments])
@@ -56,21 +55,10 @@ class GalleryIndex:
         self.word_offsets = _global_offsets([s.offsets for s in self.segments])
         self.metadata = MetadataStore.open(self.path / fmt.METADATA)
         self._check_metadata_rows()
-        self.faiss = self._load_faiss()
-        self.word_codes, self.word_centroids = self._cells("word", fmt.WORD_INDEX)
-        self.region_codes, self.region_centroids = self._cells("region", fmt.REGION_INDEX)
+        self.word_codes, self.word_centroids = self._cells("words")
+        self.region_codes, self.region_centroids = self._cells("regions")
         # start of each image's vectors in region_owner order (every count is >= 1)
         self.region_starts = np.concatenate([[0], np.cumsum(self.counts)])
-        self.region_lists = self.word_lists = None
-        if self.region_codes is not None:  # per cell, the images with a region in it
-            self.region_lists = InvertedLists.build(
-                self.region_codes, self.region_owner, len(self.region_centroids), unique=True
-            )
-        if self.word_codes is not None:  # per cell, the caption of each word in it
-            word_owner = np.repeat(np.arange(self.num_captions), np.diff(self.word_offsets))
-            self.word_lists = InvertedLists.build(
-                self.word_codes, word_owner, len(self.word_centroids), unique=False
-            )
         self._lock = threading.Lock()
         self._image_cache: np.ndarray | None = None
         self._filled_cache: np.ndarray | None = None
@@ -89,41 +77,25 @@ class GalleryIndex:
                 f"{self.num_captions}; rebuild the index"
             )
 
-    def _load_faiss(self) -> dict[str, Any]:
-        import faiss
-
-        indexes = {}
-        for name, choice in self.manifest["faiss"].items():
-            try:
-                index = faiss.read_index(str(self.path / name))
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-                raise fmt.IndexFormatError(
-                    f"{self.path / name} is not a readable FAISS index ({first}); rebuild the index"
-                ) from None
-            if index.d != self.dim:
-                raise fmt.IndexFormatError(
-                    f"{self.path / name} has dimension {index.d}, the manifest's dim is "
-                    f"{self.dim}; rebuild the index"
-                )
-            try:
-                apply_search_params(
-                    index, {"nprobe": choice["nprobe"], "ef_search": choice["ef_search"]}
-                )
-            except ValueError as exc:
-                raise fmt.IndexFormatError(
-                    f"{self.path / fmt.MANIFEST}: faiss.{name}: {exc}; rebuild the index"
-                ) from None
-            indexes[name] = index
-        return indexes
-
-    def _cells(self, kind: str, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Cell of every vector of one side and the cell centroids, when the index has them."""
-        codes = [getattr(seg, f"{kind}_codes") for seg in self.segments]
-        if any(c is None for c in codes) or name not in self.faiss:
+    def _cells(self, side: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Cell of every vector of one side ("regions" or "words") and the (cells, d)
+        float32 centroids, when the index has cells for that side."""
+        entry = self.manifest["cells"].get(side)
+        if entry is None:
             return None, None
-        cells = self.faiss[name]
-        return np.concatenate(codes), cells.reconstruct_n(0, cells.ntotal)
+        path = self.path / CENTROID_FILES[side]
+        centroids = np.asarray(fmt.load_array(path))
+        if centroids.shape != (entry["cells"], self.dim) or centroids.dtype != np.float32:
+            raise fmt.IndexFormatError(
+                f"{path} holds {centroids.dtype} {centroids.shape}, the manifest implies "
+                f"float32 ({entry['cells']}, {self.dim}); rebuild the index"
+            )
+        codes = np.concatenate([getattr(seg, f"{side[:-1]}_codes") for seg in self.segments])
+        if len(codes) and (codes.min() < 0 or codes.max() >= entry["cells"]):
+            raise fmt.IndexFormatError(
+                f"{self.path}: {side} codes outside 0..{entry['cells'] - 1}; rebuild the index"
+            )
+        return codes, centroids
 
     def warm(self, max_bytes: int = EXACT_CACHE_BYTES) -> None:
         """Keep float32 copies of the stored vectors in RAM when they fit max_bytes, so
@@ -186,11 +158,8 @@ class GalleryIndex:
         if self._filled_cache is not None and out is None:
             return torch.from_numpy(self._filled_cache[_as_slice(rows)])
         block = self._read_images(rows, None if out is None else out[: len(rows)])
-        counts = self.counts[rows]
-        padded = np.arange(self.num_regions)[None, :] >= counts[:, None]  # (C, K)
-        if padded.any():
-            block[padded] = np.repeat(block[:, 0], self.num_regions - counts, axis=0)
-        return torch.from_numpy(block)
+        counts = torch.from_numpy(self.counts[rows])
+        return fill_padded_regions(torch.from_numpy(block), counts, inplace=True)
 
     def image_codes(
         self, rows: np.ndarray, out: np.ndarray
@@ -230,7 +199,7 @@ class GalleryIndex:
                 scales_out[target], scales = scales, None
             if np.array_equal(target, np.arange(len(rows))):
                 # sorted rows, one segment: dequantise straight into the output
-                _dequantize_into(seg.regions[take], scales, out)
+                dequantize(seg.regions[take], scales, out)
             else:
                 out[target] = dequantize(seg.regions[take], scales)
         return out
@@ -270,7 +239,7 @@ class GalleryIndex:
             take = _as_slice(local)  # a contiguous run reads as one block
             scales = None if seg.word_scales is None else seg.word_scales[take]
             if np.array_equal(where, np.arange(len(positions))):
-                _dequantize_into(seg.words[take], scales, out)
+                dequantize(seg.words[take], scales, out)
             else:
                 out[where] = dequantize(seg.words[take], scales)
         return out
@@ -291,15 +260,6 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
-
-
-def _dequantize_into(codes: np.ndarray, scales: np.ndarray | None, out: np.ndarray) -> None:
-    """Stored rows (fp16, or int8 with per-vector scales) -> float32 rows of `out`,
-    converted by torch in place: no temporary array, so no page faults."""
-    target = torch.from_numpy(out)
-    target.copy_(read_only_tensor(np.asarray(codes)))
-    if scales is not None:
-        target.mul_(torch.from_numpy(np.asarray(scales, dtype=np.float32)).unsqueeze(-1))
 
 
 def _starts(sizes: list[int]) -> np.ndarray:

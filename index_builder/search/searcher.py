@@ -155,7 +155,7 @@ class Searcher(VectorSearcher):
                 "captions": int(index.live_captions.sum()),
                 "storage": manifest["storage"], "dim": index.dim,
                 "num_regions": index.num_regions, "format_version": manifest["format_version"],
-                "faiss": {n: c["factory"] for n, c in manifest["faiss"].items()},
+                "cells": {side: c["cells"] for side, c in manifest["cells"].items()},
                 "recall": manifest.get("recall"),
                 "bytes": sum(int(f.get("bytes", 0)) for f in files)}  # fmt: skip
 

@@ -21,6 +21,7 @@ import torch
 
 from index_builder.errors import QueryError
 from index_builder.format.reader import GalleryIndex
+from index_builder.search.lists import InvertedLists
 from model.checkpoint import LoadedCheckpoint
 from model.scoring import Matching, pool_words, score_image_query, score_text_query
 
@@ -68,6 +69,16 @@ class VectorSearcher:
         self.index, self.checkpoint = index, checkpoint
         self.params = params or SearchParams()
         self.matching: Matching = index.matching
+        self.region_lists = self.word_lists = None
+        if index.region_codes is not None:  # per cell, the images with a region in it
+            self.region_lists = InvertedLists.build(
+                index.region_codes, index.region_owner, len(index.region_centroids), unique=True
+            )
+        if index.word_codes is not None:  # per cell, the caption of each word in it
+            word_owner = np.repeat(np.arange(index.num_captions), np.diff(index.word_offsets))
+            self.word_lists = InvertedLists.build(
+                index.word_codes, word_owner, len(index.word_centroids), unique=False
+            )
         self._extractor = None
         self._extractor_lock = threading.Lock()
         self._local = threading.local()  # per-thread scratch buffers of the exact scorer
@@ -115,7 +126,7 @@ class VectorSearcher:
         probed = np.argpartition(-cell_sims, probes - 1, axis=1)[:, :probes]  # (L, P)
         probed_sims = np.take_along_axis(cell_sims, probed, axis=1)
         floor = probed_sims.min(axis=1)  # (L,)
-        items, source = index.region_lists.gather(probed.ravel())
+        items, source = self.region_lists.gather(probed.ravel())
         keep = live[items]
         items, source = items[keep], source[keep]
         rows, local = _dense_ids(items, index.num_images)
@@ -201,7 +212,7 @@ class VectorSearcher:
         probes = min(params.caption_probes, len(cell_best))
         probed = np.argpartition(-cell_best, probes - 1)[:probes]
         floor = float(cell_best[probed].min())
-        items, source = index.word_lists.gather(probed)
+        items, source = self.word_lists.gather(probed)
         keep = live[items]
         items, source = items[keep], source[keep]
         rows, local = _dense_ids(items, index.num_captions)

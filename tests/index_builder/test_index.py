@@ -2,6 +2,7 @@
 refusals a damaged or foreign index must meet."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -35,7 +36,8 @@ def test_manifest_describes_the_index(world, index_dir):
     assert manifest["checkpoint"]["sha256"] == checkpoint_hash(world / "ckpt")
     assert manifest["extractor"]["name"] == "demo"
     # a small gallery: every image and caption is scored exactly, so there are no cells
-    assert set(manifest["faiss"]) == {fmt.IMAGE_POOLED_INDEX, fmt.CAPTION_POOLED_INDEX}
+    assert manifest["cells"] == {} and manifest["format_version"] == 2
+    assert not any(name.endswith((".faiss", "_pooled.npy")) for name in manifest["files"])
     assert manifest["recall"]["text_to_image"]["queries"] == 10
     assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
     assert not (world / "idx.partial").exists()
@@ -122,7 +124,7 @@ def test_delete_is_honoured_and_verify_passes(world, index_dir, tmp_path, capsys
 
 
 def test_interrupted_build_leaves_nothing_in_place_and_resumes(world, tmp_path, monkeypatch):
-    from index_builder.format import writer as writer_module
+    from index_builder.build import writer as writer_module
 
     encoded = {"n": 0}
     module_call = torch.nn.Module.__call__
@@ -153,10 +155,11 @@ def test_interrupted_build_leaves_nothing_in_place_and_resumes(world, tmp_path, 
 def test_int8_and_forced_cells(world, tmp_path, index_dir):
     out = build(world, tmp_path / "cells", storage="int8", region_cells=8, word_cells=8)
     manifest = fmt.read_manifest(out)
-    assert manifest["faiss"][fmt.REGION_INDEX]["factory"] == "Flat(8 region cells)"
-    assert manifest["faiss"][fmt.WORD_INDEX]["factory"] == "Flat(8 word cells)"
-    assert (out / "seg000" / fmt.WORD_CODES).exists()
-    assert (out / "seg000" / fmt.REGION_CODES).exists()
+    assert manifest["cells"]["regions"]["cells"] == 8 and manifest["cells"]["words"]["cells"] == 8
+    for name in ("region_centroids.npy", "word_centroids.npy", "seg000/region_codes.npy",
+                 "seg000/word_codes.npy"):  # fmt: skip
+        assert name in manifest["files"] and (out / name).is_file()
+    assert np.load(out / "region_centroids.npy").shape == (8, manifest["dim"])
     searcher = Searcher.open(out, world / "ckpt")
     fp16 = Searcher.open(index_dir, world / "ckpt")
     # the cell path with C covering everything equals the exact scan
@@ -306,3 +309,33 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkey
     b = disk.captions_for_regions(query, k=20, exhaustive=True)
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_a_version_1_index_is_refused_with_the_fix(world, index_dir, tmp_path, capsys):
+    """Version 1 held pooled FAISS indexes nothing searched; this code reads version 2."""
+    old = tmp_path / "v1"
+    shutil.copytree(index_dir, old)
+    manifest = json.loads((old / fmt.MANIFEST).read_text())
+    manifest["format_version"] = 1
+    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(fmt.IndexFormatError, match="version 1; this code reads version 2"):
+        GalleryIndex(old)
+    assert main(["index", "verify", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "rebuild the index" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", ["centroid shape", "codes out of range"])
+def test_damaged_cells_are_refused(world, tmp_path, damage):
+    out = build(world, tmp_path / "cells", region_cells=8, word_cells=8)
+    if damage == "centroid shape":
+        dim = fmt.read_manifest(out)["dim"]
+        np.save(out / "word_centroids.npy", np.zeros((16, dim // 2), np.float32))  # same bytes
+        match = re.escape(f"word_centroids.npy holds float32 (16, {dim // 2})")
+    else:
+        codes = np.load(out / "seg000" / "region_codes.npy")
+        codes[0] = 8
+        np.save(out / "seg000" / "region_codes.npy", codes)
+        match = "regions codes outside 0..7"
+    with pytest.raises(fmt.IndexFormatError, match=match):
+        GalleryIndex(out, checksums=False)  # the shape and range checks, not the sha256

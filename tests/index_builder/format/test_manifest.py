@@ -147,7 +147,15 @@ CASES = {  # (change to the manifest, words the refusal must hold)
     "no storage": (lambda m: m.pop("storage"), "storage: Field required"),
     "no checkpoint": (lambda m: m.pop("checkpoint"), "checkpoint: Field required"),
     "no segments": (lambda m: m.pop("segments"), "segments: Field required"),
-    "no faiss": (lambda m: m.pop("faiss"), "faiss: Field required"),
+    "no cells": (lambda m: m.pop("cells"), "cells: Field required"),
+    "cells for a side with no files": (
+        lambda m: m.update(cells={"words": {"cells": 4, "train_vectors": 8, "iterations": 1,
+                                            "seconds": 0.0}}),
+        "files: does not list"),
+    "an unknown cell side": (
+        lambda m: m.update(cells={"images": {"cells": 4, "train_vectors": 8, "iterations": 1,
+                                             "seconds": 0.0}}),
+        "cells.images"),
     "unknown key": (lambda m: m.update(extra=1), "extra"),
 }  # fmt: skip
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder.build.cells import InvertedLists, nearest_cells, train_centroids, write_codes
+from index_builder.build.cells import nearest_cells, train_centroids, write_codes
+from index_builder.search.lists import InvertedLists
 from index_builder.search.vectors import (
     _dense_ids,
     _pool_rows,
