@@ -5,6 +5,7 @@ index size, queue depth."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -59,8 +60,9 @@ class Metrics:
         depth = Gauge("chan_queue_depth", "searches running or waiting", registry=r)
         depth.set_function(queue_depth)
 
-    def observe_search(self, direction: str, result: dict) -> None:
-        self.candidates.labels(direction).observe(result["candidates"])
-        for key, value in result["timings_ms"].items():
+    def observe_search(self, direction: str, result: Any) -> None:
+        """One search's candidates and step timings (an ImageResults or CaptionResults)."""
+        self.candidates.labels(direction).observe(result.candidates)
+        for key, value in result.timings_ms.items():
             if key.endswith("_ms") and key != "total_ms" and value is not None:
                 self.stage.labels(direction, key.removesuffix("_ms")).observe(value / 1000)

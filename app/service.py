@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.settings import Settings
-from index_builder.search.sharded import ShardedSearcher, shard_dirs
+from index_builder.format.layout import shard_dirs
+from index_builder.search.searcher import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class BoundedExecutor:
 class Loaded:
     """One loaded index + model pair; requests hold on to the one they started with."""
 
-    searcher: ShardedSearcher  # one index directory, or a folder of shards
+    searcher: Searcher  # one index directory, or a folder of shards
     index_path: Path
     checkpoint_path: Path
     loaded_at: float
@@ -109,7 +110,7 @@ class SearchService:
             started = time.perf_counter()
             checkpoint = checkpoint or self._checkpoint_for(index)
             try:
-                searcher = ShardedSearcher.open(index, checkpoint, self.settings.checksums)
+                searcher = Searcher.open(index, checkpoint, self.settings.checksums)
             except Exception as exc:
                 self.error = f"loading {index} failed: {exc}"
                 raise

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     @field_validator("index")
     @classmethod
     def _index_exists(cls, value: Path) -> Path:
-        from index_builder.search.sharded import shard_dirs
+        from index_builder.format.layout import shard_dirs
 
         try:
             shard_dirs(value)

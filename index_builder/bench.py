@@ -9,7 +9,6 @@ words are noisy copies of its image's concepts plus shared "function words" (as 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -43,44 +42,34 @@ MATCHING = {"coding": "hard", "pooling": "lse", "pooling_temperature": 0.1,
             "soft_temperature": 9.0}  # fmt: skip
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=10_000, help="gallery size (10000)")
-    parser.add_argument("--regions", type=int, default=36, help="K (36)")
-    parser.add_argument("--dim", type=int, default=1024, help="d (1024)")
-    parser.add_argument("--captions-per-image", type=int, default=5)
-    parser.add_argument("--words", type=int, default=12, help="words per caption (12)")
-    parser.add_argument("--concepts", type=int, default=2048, help="concept centroids (2048)")
-    parser.add_argument("--queries", type=int, default=50, help="queries per direction (50)")
-    parser.add_argument("--storage", nargs="+", default=["float16", "int8"],
-                        choices=["float16", "int8"])  # fmt: skip
-    parser.add_argument("--memory-budget-gb", type=float, default=4.0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads per query (1, as the service runs)",
-    )
-    parser.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the indexes in --workdir and reuse them when the "
-        "parameters match (measure other search settings without a rebuild)",
-    )
-    parser.add_argument("--candidates", type=int, help="C, text -> image")
-    parser.add_argument("--caption-candidates", type=int, help="C, image -> caption")
-    parser.add_argument("--probes", type=int, help="region cells probed per query word")
-    parser.add_argument("--caption-probes", type=int, help="word cells probed per image")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="JSON of every figure, last line")
-    parser.add_argument("--index", type=Path, help="measure this built index instead")
-    parser.add_argument("--checkpoint", type=Path, help="the checkpoint of --index")
+@dataclasses.dataclass(frozen=True)
+class SearchBenchOptions:
+    """What `run_search_bench` builds and measures (`chan bench search --help`)."""
+
+    images: int = 10_000  # gallery size
+    regions: int = 36  # K
+    dim: int = 1024  # d
+    captions_per_image: int = 5
+    words: int = 12  # words per caption
+    concepts: int = 2048  # concept centroids
+    queries: int = 50  # queries per direction
+    storage: tuple[str, ...] = ("float16", "int8")
+    threads: int = 1  # torch threads per query, as the service runs
+    workdir: Path | None = None  # where to build (None: a temp dir)
+    keep: bool = False  # keep the indexes in workdir, reuse them when the parameters match
+    candidates: int | None = None  # SearchParams knobs; None: SearchParams' defaults
+    caption_candidates: int | None = None
+    probes: int | None = None
+    caption_probes: int | None = None
+    seed: int = 0
+    index: Path | None = None  # measure this built index instead of a synthetic one
+    checkpoint: Path | None = None  # the checkpoint that built `index`
 
 
 class World:
     """Deterministic synthetic embeddings (see the module docstring)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: SearchBenchOptions) -> None:
         self.args = args
         rng = np.random.default_rng(args.seed)
         self.centroids = _unit(rng.normal(size=(args.concepts, args.dim)))
@@ -152,18 +141,18 @@ def build(world: World, out: Path, storage: str) -> dict[str, Any]:
             "disk_bytes_per_image": round(size / args.images)}  # fmt: skip
 
 
-def search_params(args: argparse.Namespace) -> SearchParams:
+def search_params(args: SearchBenchOptions) -> SearchParams:
     """SearchParams defaults, with the knobs given on the command line."""
     given = {name: getattr(args, name, None) for name in
              ("candidates", "caption_candidates", "probes", "caption_probes")}  # fmt: skip
     return SearchParams(**{name: value for name, value in given.items() if value is not None})
 
 
-def _build_key(args: argparse.Namespace) -> dict[str, Any]:
+def _build_key(args: SearchBenchOptions) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in BENCH_KEYS}
 
 
-def _reused(out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+def _reused(out: Path, args: SearchBenchOptions) -> dict[str, Any] | None:
     """Build figures of a kept index built with the same parameters, else None."""
     record = out.with_suffix(".build.json")
     if not (out / "manifest.json").exists() or not record.exists():
@@ -175,7 +164,7 @@ def _reused(out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     return saved["figures"] | {"reused": True}
 
 
-def _save_build(out: Path, args: argparse.Namespace, figures: dict[str, Any]) -> None:
+def _save_build(out: Path, args: SearchBenchOptions, figures: dict[str, Any]) -> None:
     record = {"key": _build_key(args), "figures": figures}
     out.with_suffix(".build.json").write_text(json.dumps(record))
 
@@ -208,7 +197,7 @@ def measure_queries(
 ) -> dict:
     """Latency of shortlist + rerank and of exhaustive search, and recall@10 of the
     first against the second, per direction."""
-    searcher = VectorSearcher(index, None, params or SearchParams())
+    searcher = VectorSearcher(index, params or SearchParams())
     result: dict[str, Any] = {
         "cells": {side: c["cells"] for side, c in index.manifest["cells"].items()},
         "search": dataclasses.asdict(searcher.params),
@@ -239,7 +228,7 @@ def measure_queries(
     return result
 
 
-def measure_existing(args: argparse.Namespace) -> dict[str, Any]:
+def measure_existing(args: SearchBenchOptions) -> dict[str, Any]:
     """A built index and its checkpoint: caption texts of the index as text queries
     (encoded by the model), stored images as image queries."""
     from index_builder.search.searcher import Searcher
@@ -249,11 +238,11 @@ def measure_existing(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 7)
     rows = rng.integers(0, index.num_captions, args.queries).tolist()
     texts = [record.text for record in index.metadata.captions(rows)]
-    text_queries = [searcher.encode_text(text)[0] for text in texts]
+    text_queries = [searcher.encoder.text(text)[0] for text in texts]
     encode = []
     for text in texts[:20]:
         started = time.perf_counter()
-        searcher.encode_text(text)
+        searcher.encoder.text(text)
         encode.append(time.perf_counter() - started)
     images = _stored_images(index, args.queries, rng)
     result = measure_queries(index, text_queries, images, search_params(args))
@@ -273,16 +262,13 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_search_bench(args: SearchBenchOptions) -> dict[str, Any]:
+    """Build and measure the synthetic indexes, or measure `args.index`; the report."""
     torch.set_num_threads(args.threads)
     if args.index is not None:
         if args.checkpoint is None:
             raise ValueError("--index needs --checkpoint (the model that built it)")
-        report = measure_existing(args)
-        print(format_report(report))
-        if args.json:
-            print(json.dumps(report))
-        return 0
+        return measure_existing(args)
     world = World(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chan-bench-"))
     report: dict[str, Any] = {"images": args.images, "regions": args.regions, "dim": args.dim,
@@ -304,10 +290,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(format_report(report))
-    if args.json:
-        print(json.dumps(report))
-    return 0
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:

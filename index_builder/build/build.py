@@ -379,7 +379,7 @@ def measure_recall(work: Path, queries: int, seed: int) -> dict[str, Any]:
     made of those captions) and stored images as image queries."""
     index = GalleryIndex(work, checksums=False)
     try:
-        searcher = VectorSearcher(index, None, SearchParams())
+        searcher = VectorSearcher(index, SearchParams())
         rng = random.Random(seed)
         live_captions = np.flatnonzero(index.live_captions).tolist()
         caption_rows = rng.sample(live_captions, min(queries, len(live_captions)))

@@ -244,3 +244,19 @@ def check_checkpoint(manifest: dict[str, Any], checkpoint_digest: str, where: Pa
             f"({manifest['checkpoint'].get('path')}), not by the loaded one "
             f"({checkpoint_digest[:12]}…): load that checkpoint or rebuild the index"
         )
+
+
+def shard_dirs(path: Path) -> list[Path]:
+    """An index directory itself, or the index directories directly under it (shards)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"index {path} does not exist; build it with `chan index build`")
+    shards = sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
+    if not shards:
+        raise IndexFormatError(
+            f"{path} is neither an index directory nor a folder of index shards "
+            "(no manifest.json in it or in its subfolders)"
+        )
+    return shards

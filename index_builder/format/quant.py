@@ -41,9 +41,10 @@ def dequantize(
 ) -> np.ndarray:
     """Stored rows -> float32 rows: float16 is widened; int8 codes (..., d) are multiplied
     by their (...,) scales (without scales they are only widened: a product can scale its
-    smaller result instead, see GalleryIndex.image_codes). With `out` (float32, codes' shape) the rows are written there,
-    with no temporary array (no page faults on a buffer that stays in cache). torch does
-    the conversion: vectorised half -> float, several times faster than numpy's cast."""
+    smaller result instead, see GalleryIndex.image_codes). With `out` (float32, codes'
+    shape) the rows are written there, with no temporary array (no page faults on a buffer
+    that stays in cache). torch converts: vectorised half -> float, several times faster
+    than numpy's cast."""
     codes = np.asarray(codes)
     if scales is not None:
         scales = np.asarray(scales, dtype=np.float32)

@@ -1,12 +1,16 @@
-"""The searcher: text -> images and image -> captions over one index, with the metadata
-of every hit and, on request, the alignment behind each score. No web framework here;
-the service translates results and errors (ValueError: bad request, UnknownIdError: not
-found)."""
+"""The searcher: text -> images and image -> captions over one index directory or several
+shards built by one checkpoint (`chan index build --shard I/N`), with the metadata of every
+hit and, on request, the alignment behind each score. No web framework here; the service
+translates results and errors (QueryError: bad request, UnknownIdError: not found).
+
+A query is encoded once. Every shard returns its exact top k: CHAN scores are exact and
+comparable across shards (same model, same pooling), so the merged top k is the top k of
+the whole gallery; records and explanations are built for those k hits only."""
 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,24 @@ import numpy as np
 import torch
 
 from index_builder.errors import QueryError, UnknownIdError
+from index_builder.format import layout as fmt
 from index_builder.format.metadata import ImageRecord
 from index_builder.format.reader import GalleryIndex
-from index_builder.search.vectors import Ranking, SearchParams, VectorSearcher
-from model.checkpoint import checkpoint_hash, load_checkpoint
+from index_builder.search.encoder import QueryEncoder
+from index_builder.search.results import (
+    CaptionHit,
+    CaptionResults,
+    ImageHit,
+    ImageResults,
+    Ranking,
+    ScoreResult,
+    Timer,
+    WordMatch,
+    alignment,
+    boxes_list,
+)
+from index_builder.search.vectors import SearchParams, VectorSearcher
+from model.checkpoint import LoadedCheckpoint, checkpoint_hash, load_checkpoint
 from model.scoring import FlatWords, best_regions, score_matrix
 
 logger = logging.getLogger(__name__)
@@ -25,21 +43,53 @@ logger = logging.getLogger(__name__)
 MAX_K = 1000  # results per query; a client wanting more should page through filters
 
 
-class Searcher(VectorSearcher):
-    """Open with `Searcher.open(index_dir, checkpoint_dir)`; methods are thread-safe."""
+@dataclass
+class Shard:
+    """One index directory of the gallery and its vector searcher."""
+
+    index: GalleryIndex
+    vectors: VectorSearcher
+
+
+class Searcher:
+    """Open with `Searcher.open(index_dir_or_shards, checkpoint_dir)`; thread-safe."""
+
+    def __init__(
+        self,
+        indexes: list[GalleryIndex],
+        checkpoint: LoadedCheckpoint | None,
+        params: SearchParams | None = None,
+    ) -> None:
+        if len({index.checkpoint_sha256 for index in indexes}) != 1:
+            raise fmt.IndexFormatError("the shards were built by different checkpoints")
+        self.params = params or SearchParams()
+        self.shards = [Shard(index, VectorSearcher(index, self.params)) for index in indexes]
+        self.checkpoint = checkpoint
+        # every shard records the same model, so the same extractor
+        self.encoder = QueryEncoder(checkpoint, indexes[0].manifest.get("extractor"))
+        self.matching = indexes[0].matching
 
     @classmethod
     def open(
         cls,
-        index_path: Path | str,
+        path: Path | str,
         checkpoint_path: Path | str,
         checksums: bool = True,
         params: SearchParams | None = None,
     ) -> Searcher:
-        """Load the checkpoint, open the index, refuse an index it did not build."""
+        """Load the checkpoint once, open the index (or every shard under `path`) and
+        refuse one the checkpoint did not build."""
         loaded = load_checkpoint(checkpoint_path)
-        index = GalleryIndex(index_path, checkpoint_hash(checkpoint_path), checksums)
-        return cls(index, loaded, params)
+        digest = checkpoint_hash(checkpoint_path)
+        indexes = [GalleryIndex(d, digest, checksums) for d in fmt.shard_dirs(Path(path))]
+        return cls(indexes, loaded, params)
+
+    @property
+    def index(self) -> GalleryIndex:
+        """The index of a one-directory gallery."""
+        if len(self.shards) != 1:
+            raise ValueError("a sharded gallery has one index per shard: use .shards")
+        return self.shards[0].index
 
     # ------------------------------------------------------------------ text -> images
 
@@ -51,40 +101,35 @@ class Searcher(VectorSearcher):
         explain: bool = False,
         exhaustive: bool = False,
         filter: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ImageResults:
         """The k best images for `text`: hits with id, score, URI, metadata; with explain,
         per query word the region that won its max (index, box, similarity)."""
         k, candidates = _check_k(k, candidates)
-        started = time.perf_counter()
-        words, tokens = self.encode_text(text)
-        encode_ms = _ms(started)
-        return self.images_for_query(words, tokens, k, candidates, explain, exhaustive, filter,
-                                     started, encode_ms)  # fmt: skip
+        timer = Timer()
+        with timer.step("encode_ms"):
+            words, tokens = self.encoder.text(text)
+        rankings = []
+        for shard in self.shards:
+            allowed = _allowed(shard.index, "images", filter)
+            ranking = shard.vectors.images_for_words(words, k, candidates, exhaustive, allowed)
+            rankings.append(ranking)
+        hits = []
+        for rank, (shard_no, row, score) in enumerate(self._merge(rankings, k, timer), 1):
+            index = self.shards[shard_no].index
+            record = index.metadata.images([row])[0]
+            hit = ImageHit(rank, score, record.image_id, record.uri, record.metadata or {},
+                           shard=self._shard_tag(shard_no))  # fmt: skip
+            if explain:
+                hit.explain = self._explain_text(index, words, tokens, row)
+            hits.append(hit)
+        return ImageResults(hits, tokens, timer.timings_ms(), *_scored(rankings))
 
-    def images_for_query(
-        self, words, tokens, k, candidates, explain, exhaustive, filter, started, encode_ms
-    ) -> dict[str, Any]:
-        """search_images() after the text is encoded (a sharded gallery encodes once)."""
-        allowed = self.index.metadata.filter_rows("images", filter) if filter else None
-        ranking = self.images_for_words(words, k, candidates, exhaustive, allowed)
-        hits = self._image_hits(ranking)
-        if explain:
-            for hit in hits:
-                hit["explain"] = self._explain_text(words, tokens, hit["row"])
-        return _result(hits, ranking, encode_ms, started, tokens=tokens)
-
-    def _image_hits(self, ranking: Ranking) -> list[dict[str, Any]]:
-        records = self.index.metadata.images(ranking.rows.tolist())
-        return [
-            {**_ranked(rank, ranking), "image_id": rec.image_id, "uri": rec.uri,
-             "metadata": rec.metadata or {}}
-            for rank, rec in enumerate(records)
-        ]  # fmt: skip
-
-    def _explain_text(self, words: torch.Tensor, tokens: list[str], row: int) -> list[dict]:
-        regions, counts = self.index.images(np.array([row]))
-        index, sims = best_regions(regions[0], int(counts[0]), words)
-        return alignment(tokens, index, sims, self.index.boxes(row))
+    def _explain_text(
+        self, index: GalleryIndex, words: torch.Tensor, tokens: list[str], row: int
+    ) -> list[WordMatch]:
+        regions, counts = index.images(np.array([row]))
+        best, sims = best_regions(regions[0], int(counts[0]), words)
+        return alignment(tokens, best, sims, index.boxes(row))
 
     # ------------------------------------------------------------------ image -> captions
 
@@ -99,27 +144,31 @@ class Searcher(VectorSearcher):
         explain: bool = False,
         exhaustive: bool = False,
         filter: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> CaptionResults:
         """The k best captions for one image given as a PIL image, a gallery image_id, or
         raw region features (K, D) with their valid count."""
         k, candidates = _check_k(k, candidates)
-        started = time.perf_counter()
-        regions, boxes = self.query_regions(image, image_id, features, count)
-        encode_ms = _ms(started)
-        return self.captions_for_query(regions, boxes, k, candidates, explain, exhaustive,
-                                       filter, started, encode_ms)  # fmt: skip
-
-    def captions_for_query(
-        self, regions, boxes, k, candidates, explain, exhaustive, filter, started, encode_ms
-    ) -> dict[str, Any]:
-        """search_captions() after the image is encoded (a sharded gallery encodes once)."""
-        allowed = self.index.metadata.filter_rows("captions", filter) if filter else None
-        ranking = self.captions_for_regions(regions, k, candidates, exhaustive, allowed)
-        hits = self._caption_hits(ranking)
-        if explain:
-            for hit in hits:
-                hit["explain"] = self._explain_image(regions, boxes, hit)
-        return _result(hits, ranking, encode_ms, started, query_boxes=_boxes_list(boxes))
+        timer = Timer()
+        with timer.step("encode_ms"):
+            regions, boxes = self.query_regions(image, image_id, features, count)
+        rankings = []
+        for shard in self.shards:
+            allowed = _allowed(shard.index, "captions", filter)
+            ranking = shard.vectors.captions_for_regions(regions, k, candidates, exhaustive,
+                                                         allowed)  # fmt: skip
+            rankings.append(ranking)
+        hits = []
+        for rank, (shard_no, row, score) in enumerate(self._merge(rankings, k, timer), 1):
+            index = self.shards[shard_no].index
+            record = index.metadata.captions([row])[0]
+            hit = CaptionHit(rank, score, record.caption_id, record.text, record.image_id,
+                             record.metadata or {}, shard=self._shard_tag(shard_no))  # fmt: skip
+            if explain:
+                words = index.captions(np.array([row])).vectors
+                values, best = (words @ regions.T).max(dim=1)  # (L, n) -> each word's region
+                hit.explain = alignment(self.encoder.tokens(record.text), best, values, boxes)
+            hits.append(hit)
+        return CaptionResults(hits, boxes_list(boxes), timer.timings_ms(), *_scored(rankings))
 
     def query_regions(
         self, image=None, image_id: str | None = None, features=None, count: int | None = None
@@ -129,84 +178,84 @@ class Searcher(VectorSearcher):
         if given != 1:
             raise QueryError("give exactly one of: an image, an image_id, or region features")
         if image_id is not None:
-            row = self.image_row(image_id)
-            regions, counts = self.index.images(np.array([row]))
+            index, row = self._locate(image_id)
+            regions, counts = index.images(np.array([row]))
             n = int(counts[0])
-            return regions[0, :n], self.index.boxes(row)[:n]
+            return regions[0, :n], index.boxes(row)[:n]
         if image is not None:
-            return self.encode_image(image)
+            return self.encoder.image(image)
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2:
             raise QueryError(f"region features must be (K, D), got shape {features.shape}")
-        return self.encode_regions(features, count or features.shape[0]), None
-
-    def image_record(self, image_id: str) -> ImageRecord:
-        """The metadata record of a live gallery image; UnknownIdError otherwise."""
-        return self.index.metadata.images([self.image_row(image_id)])[0]
-
-    def has_image(self, image_id: str) -> bool:
-        return self.index.metadata.image_rows([image_id])[0] is not None
-
-    def summary(self) -> dict[str, Any]:
-        """What is served: counts of live items, storage, dims, cells, measured recall."""
-        index, manifest = self.index, self.index.manifest
-        files = manifest.get("files", {}).values()
-        return {"images": int(index.live_images.sum()),
-                "captions": int(index.live_captions.sum()),
-                "storage": manifest["storage"], "dim": index.dim,
-                "num_regions": index.num_regions, "format_version": manifest["format_version"],
-                "cells": {side: c["cells"] for side, c in manifest["cells"].items()},
-                "recall": manifest.get("recall"),
-                "bytes": sum(int(f.get("bytes", 0)) for f in files)}  # fmt: skip
-
-    @property
-    def checkpoint_sha256(self) -> str:
-        return self.index.checkpoint_sha256
-
-    @property
-    def num_images(self) -> int:
-        return self.index.num_images
-
-    def image_row(self, image_id: str) -> int:
-        row = self.index.metadata.image_rows([image_id])[0]
-        if row is None:
-            raise UnknownIdError(f"image id {image_id!r} is not in the index")
-        return row
-
-    def _caption_hits(self, ranking: Ranking) -> list[dict[str, Any]]:
-        records = self.index.metadata.captions(ranking.rows.tolist())
-        return [
-            {**_ranked(rank, ranking), "caption_id": rec.caption_id, "text": rec.text,
-             "image_id": rec.image_id, "metadata": rec.metadata or {}}
-            for rank, rec in enumerate(records)
-        ]  # fmt: skip
-
-    def _explain_image(self, regions: torch.Tensor, boxes, hit: dict) -> list[dict]:
-        words = self.index.captions(np.array([hit["row"]])).vectors
-        sims = words @ regions.T  # (L, n)
-        values, index = sims.max(dim=1)
-        return alignment(self._tokens(hit["text"]), index, values, boxes)
-
-    def _tokens(self, text: str) -> list[str]:
-        return [] if self.checkpoint is None else self.checkpoint.tokenizer.tokens(text)
+        return self.encoder.regions(features, count or features.shape[0]), None
 
     # ------------------------------------------------------------------ one pair
 
     def score(
         self, text: str, image=None, image_id: str | None = None, features=None, count=None
-    ) -> dict[str, Any]:
+    ) -> ScoreResult:
         """The exact CHAN score of one text and one image, with the word -> region
         alignment (for debugging and for users' own rerankers)."""
-        words, tokens = self.encode_text(text)
+        words, tokens = self.encoder.text(text)
         regions, boxes = self.query_regions(image, image_id, features, count)
         flat = FlatWords(words, torch.tensor([0, len(words)]))
         value = score_matrix(regions[None], None, flat, None, self.matching)[0, 0]
-        index, sims = best_regions(regions, len(regions), words)
-        return {
-            "score": float(value),
-            "alignment": alignment(tokens, index, sims, boxes),
-            "query_boxes": _boxes_list(boxes),
-        }
+        best, sims = best_regions(regions, len(regions), words)
+        return ScoreResult(float(value), alignment(tokens, best, sims, boxes), boxes_list(boxes))
+
+    # ------------------------------------------------------------------ gallery facts
+
+    def image_record(self, image_id: str) -> ImageRecord:
+        """The metadata record of a live gallery image; UnknownIdError otherwise."""
+        index, row = self._locate(image_id)
+        return index.metadata.images([row])[0]
+
+    def has_image(self, image_id: str) -> bool:
+        return any(s.index.metadata.image_rows([image_id])[0] is not None for s in self.shards)
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return self.shards[0].index.checkpoint_sha256
+
+    @property
+    def num_images(self) -> int:
+        return sum(shard.index.num_images for shard in self.shards)
+
+    def summary(self) -> dict[str, Any]:
+        """What is served: counts of live items, storage, dims, cells, measured recall
+        (a list of one per shard for a sharded gallery), bytes on disk."""
+        parts = [_summary(shard.index) for shard in self.shards]
+        merged = dict(parts[0])
+        for key in ("images", "captions", "bytes"):
+            merged[key] = sum(part[key] for part in parts)
+        merged["shards"] = len(parts)
+        if len(parts) > 1:
+            merged["recall"] = [part["recall"] for part in parts]
+        return merged
+
+    # ------------------------------------------------------------------ internals
+
+    def _locate(self, image_id: str) -> tuple[GalleryIndex, int]:
+        for shard in self.shards:
+            row = shard.index.metadata.image_rows([image_id])[0]
+            if row is not None:
+                return shard.index, row
+        raise UnknownIdError(f"image id {image_id!r} is not in the index")
+
+    def _merge(self, rankings: list[Ranking], k: int, timer: Timer) -> list[tuple]:
+        """Per-shard rankings -> the k best (shard, row, score) by exact score; the
+        shards' step timings add up."""
+        found = [(float(score), shard, int(row))
+                 for shard, ranking in enumerate(rankings)
+                 for row, score in zip(ranking.rows, ranking.scores, strict=True)]  # fmt: skip
+        found.sort(key=lambda item: (-item[0], item[1]))  # stable within a shard
+        for ranking in rankings:
+            for name, ms in ranking.timings_ms.items():
+                timer.add(name, ms)
+        return [(shard, row, score) for score, shard, row in found[:k]]
+
+    def _shard_tag(self, shard: int) -> int | None:
+        return shard if len(self.shards) > 1 else None
 
 
 def _check_k(k: int, candidates: int | None) -> tuple[int, int | None]:
@@ -217,37 +266,22 @@ def _check_k(k: int, candidates: int | None) -> tuple[int, int | None]:
     return k, None if candidates is None else max(candidates, k)
 
 
-def alignment(
-    tokens: list[str], regions: torch.Tensor, sims: torch.Tensor, boxes: np.ndarray | None
-) -> list[dict[str, Any]]:
-    """Per word: its token, the region that won its max, that region's box, the
-    similarity. Placeholder tokens when a tokenizer disagrees with the stored words."""
-    if len(tokens) != len(regions):
-        tokens = [f"#{i}" for i in range(len(regions))]
-    return [
-        {"token": token, "region": int(r), "similarity": round(float(s), 4),
-         "box": None if boxes is None else [round(float(x), 4) for x in boxes[r]]}
-        for token, r, s in zip(tokens, regions.tolist(), sims.tolist(), strict=True)
-    ]  # fmt: skip
+def _allowed(index: GalleryIndex, kind: str, filter: dict[str, Any] | None) -> np.ndarray | None:
+    """Rows a metadata filter keeps (None: no filter)."""
+    return index.metadata.filter_rows(kind, filter) if filter else None
 
 
-def _ranked(rank: int, ranking: Ranking) -> dict[str, Any]:
-    return {
-        "rank": rank + 1,
-        "row": int(ranking.rows[rank]),
-        "score": float(ranking.scores[rank]),
-    }
+def _scored(rankings: list[Ranking]) -> tuple[int, bool]:
+    """Items scored exactly over every shard, and whether every shard scored all."""
+    return sum(r.candidates for r in rankings), all(r.exhaustive for r in rankings)
 
 
-def _boxes_list(boxes) -> list[list[float]] | None:
-    return None if boxes is None else [[round(float(v), 4) for v in box] for box in boxes]
-
-
-def _result(hits, ranking: Ranking, encode_ms: float, started: float, **extra) -> dict[str, Any]:
-    timings = {"encode_ms": encode_ms, **ranking.timings_ms, "total_ms": _ms(started)}
-    return {"hits": hits, "timings_ms": timings, "candidates": ranking.candidates,
-            "exhaustive": ranking.exhaustive, **extra}  # fmt: skip
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
+def _summary(index: GalleryIndex) -> dict[str, Any]:
+    manifest = index.manifest
+    return {"images": int(index.live_images.sum()),
+            "captions": int(index.live_captions.sum()),
+            "storage": manifest["storage"], "dim": index.dim,
+            "num_regions": index.num_regions, "format_version": manifest["format_version"],
+            "cells": {side: entry["cells"] for side, entry in manifest["cells"].items()},
+            "recall": manifest.get("recall"),
+            "bytes": sum(int(f["bytes"]) for f in manifest["files"].values())}  # fmt: skip

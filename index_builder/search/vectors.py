@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from index_builder.errors import QueryError
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.lists import InvertedLists
-from model.checkpoint import LoadedCheckpoint
-from model.scoring import Matching, pool_words, score_image_query, score_text_query
+from index_builder.search.results import Ranking, Timer
+from model.pooling import pool_dense, pool_partial, pool_segments
+from model.scoring import Matching, score_image_query, score_text_query
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +44,12 @@ class SearchParams:
     refine: int = 4  # refine x C candidates get the centroid-interaction score
 
 
-@dataclass
-class Ranking:
-    """Rows and exact scores, best first, plus where the time went."""
-
-    rows: np.ndarray  # (k,) int64
-    scores: np.ndarray  # (k,) float32
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    candidates: int = 0  # items scored exactly
-    exhaustive: bool = False
-
-
 class VectorSearcher:
-    """Searches one GalleryIndex with query vectors; encodes queries when it has the
-    checkpoint that built the index."""
+    """Searches one GalleryIndex with query vectors (see search/encoder.py for queries):
+    rows and exact scores, no metadata. Thread-safe."""
 
-    def __init__(
-        self,
-        index: GalleryIndex,
-        checkpoint: LoadedCheckpoint | None = None,
-        params: SearchParams | None = None,
-    ) -> None:
-        self.index, self.checkpoint = index, checkpoint
+    def __init__(self, index: GalleryIndex, params: SearchParams | None = None) -> None:
+        self.index = index
         self.params = params or SearchParams()
         self.matching: Matching = index.matching
         self.region_lists = self.word_lists = None
@@ -79,8 +62,6 @@ class VectorSearcher:
             self.word_lists = InvertedLists.build(
                 index.word_codes, word_owner, len(index.word_centroids), unique=False
             )
-        self._extractor = None
-        self._extractor_lock = threading.Lock()
         self._local = threading.local()  # per-thread scratch buffers of the exact scorer
 
     # ------------------------------------------------------------------ text -> images
@@ -95,20 +76,19 @@ class VectorSearcher:
     ) -> Ranking:
         """Query word vectors (L, d) -> the k best live images. allowed: rows a filter
         keeps (None = all)."""
-        timings: dict[str, float] = {}
+        timer = Timer()
         live = self.index.live_images if allowed is None else _mask(allowed, self.index.num_images)
         live = live & self.index.live_images
         candidates = candidates or self.params.candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.region_codes is None:
             rows = np.flatnonzero(live)
-            return self._exact_images(words, rows, k, timings, exhaustive=True)
-        started = time.perf_counter()
-        rows = np.sort(self._shortlist_images(words, live, candidates))  # sorted reads
-        timings["shortlist_ms"] = _ms(started)
+            return self._exact_images(words, rows, k, timer, exhaustive=True)
+        with timer.step("shortlist_ms"):
+            rows = np.sort(self._shortlist_images(words, live, candidates))  # sorted reads
         if len(rows) < min(k, int(live.sum())):  # tombstones or a filter emptied the list
-            return self._exact_images(words, np.flatnonzero(live), k, timings, exhaustive=True)
-        return self._exact_images(words, rows, k, timings, exhaustive=False)
+            return self._exact_images(words, np.flatnonzero(live), k, timer, exhaustive=True)
+        return self._exact_images(words, rows, k, timer, exhaustive=False)
 
     def _shortlist_images(self, words: torch.Tensor, live: np.ndarray, candidates: int):
         """Candidates from region cells, in two approximations of the model's score.
@@ -134,7 +114,7 @@ class VectorSearcher:
         flat = torch.from_numpy(source // probes * len(rows) + local)
         values = torch.from_numpy(probed_sims.ravel()[source])
         best.view(-1).scatter_reduce_(0, flat, values, "amax")
-        approx = _pool_rows(best.numpy().astype(np.float64), self.matching)
+        approx = pool_dense(best.numpy().astype(np.float64), self.matching)
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
@@ -143,11 +123,11 @@ class VectorSearcher:
         per_image = np.maximum.reduceat(
             cell_sims[:, index.region_codes[positions]], segment_starts, axis=1
         )
-        refined = _pool_rows(per_image.astype(np.float64), self.matching)
+        refined = pool_dense(per_image.astype(np.float64), self.matching)
         return rows[_top(refined, candidates)]
 
     def _exact_images(
-        self, words: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
+        self, words: torch.Tensor, rows: np.ndarray, k: int, timer: Timer, exhaustive: bool
     ) -> Ranking:
         if self.index.has_filled_cache:  # views of the RAM copy: big steps cost nothing
             step, buffer = EXHAUSTIVE_CHUNK_IMAGES, None
@@ -163,7 +143,7 @@ class VectorSearcher:
             block = self.index.filled_images(chunk, buffer)
             return score_text_query(words, block, None, self.matching)
 
-        return _rank_exactly(score, rows, step, k, timings, exhaustive)
+        return _rank_exactly(score, rows, step, k, timer, exhaustive)
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 scratch array of at least `shape`, one per thread and name."""
@@ -184,20 +164,19 @@ class VectorSearcher:
         allowed: np.ndarray | None = None,
     ) -> Ranking:
         """Query region vectors (n, d), valid ones only -> the k best live captions."""
-        timings: dict[str, float] = {}
+        timer = Timer()
         live = self.index.live_captions
         if allowed is not None:
             live = live & _mask(allowed, self.index.num_captions)
         candidates = candidates or self.params.caption_candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.word_codes is None:
-            return self._exact_captions(regions, np.flatnonzero(live), k, timings, True)
-        started = time.perf_counter()
-        rows = self._shortlist_captions(regions, live, candidates)
-        timings["shortlist_ms"] = _ms(started)
+            return self._exact_captions(regions, np.flatnonzero(live), k, timer, True)
+        with timer.step("shortlist_ms"):
+            rows = self._shortlist_captions(regions, live, candidates)
         if len(rows) < min(k, int(live.sum())):
-            return self._exact_captions(regions, np.flatnonzero(live), k, timings, True)
-        return self._exact_captions(regions, rows, k, timings, False)
+            return self._exact_captions(regions, np.flatnonzero(live), k, timer, True)
+        return self._exact_captions(regions, rows, k, timer, False)
 
     def _shortlist_captions(self, regions: torch.Tensor, live: np.ndarray, candidates: int):
         """The mirror of _shortlist_images: a word cell's value is its centroid's best
@@ -218,7 +197,7 @@ class VectorSearcher:
         rows, local = _dense_ids(items, index.num_captions)
         lengths = np.diff(index.word_offsets)[rows]
         hits = np.bincount(local, minlength=len(rows))
-        approx = _pool_with_floor(
+        approx = pool_partial(
             cell_best[probed[source]].astype(np.float64), local, hits, lengths, floor,
             self.matching,
         )  # fmt: skip
@@ -229,11 +208,11 @@ class VectorSearcher:
         positions, segment_starts = _segments(index.word_offsets, rows)
         per_word = cell_best[index.word_codes[positions]].astype(np.float64)
         offsets = np.append(segment_starts, len(positions))
-        refined = _pool_segments(per_word, offsets, self.matching)
+        refined = pool_segments(per_word, offsets, self.matching)
         return rows[_top(refined, candidates)]
 
     def _exact_captions(
-        self, regions: torch.Tensor, rows: np.ndarray, k: int, timings: dict, exhaustive: bool
+        self, regions: torch.Tensor, rows: np.ndarray, k: int, timer: Timer, exhaustive: bool
     ) -> Ranking:
         lengths = np.diff(self.index.word_offsets)
         step = RERANK_CHUNK_CAPTIONS
@@ -243,55 +222,7 @@ class VectorSearcher:
             buffer = self._buffer("words", (max(words, step * 16), self.index.dim))
             return score_image_query(regions, self.index.captions(chunk, buffer), self.matching)
 
-        return _rank_exactly(score, rows, step, k, timings, exhaustive)
-
-    # ------------------------------------------------------------------ model side
-
-    def require_checkpoint(self) -> LoadedCheckpoint:
-        if self.checkpoint is None:
-            raise QueryError("this searcher has no checkpoint: it can only take query vectors")
-        return self.checkpoint
-
-    @torch.inference_mode()
-    def encode_text(self, text: str) -> tuple[torch.Tensor, list[str]]:
-        """A query text -> its valid word vectors (L, d) and the token of each."""
-        if not text or not text.strip():
-            raise QueryError("the query text is empty")
-        checkpoint = self.require_checkpoint()
-        words, lens = checkpoint.encode_captions([text])
-        return words[0, : int(lens[0])].float(), checkpoint.tokenizer.tokens(text)
-
-    @torch.inference_mode()
-    def encode_image(self, image) -> tuple[torch.Tensor, np.ndarray]:
-        """An RGB PIL image -> valid region vectors (n, d) and their boxes (n, 4), through
-        the extractor the gallery was built with."""
-        extractor = self._get_extractor()
-        with self._extractor_lock:
-            batch = extractor.extract([image])
-        return self.encode_regions(batch.features[0], int(batch.counts[0])), batch.boxes[0]
-
-    @torch.inference_mode()
-    def encode_regions(self, features: np.ndarray, count: int) -> torch.Tensor:
-        """Raw (K, D) region features + valid count -> (count, d) region vectors."""
-        checkpoint = self.require_checkpoint()
-        feats = torch.as_tensor(np.asarray(features, np.float32))[None]
-        if not 1 <= count <= feats.shape[1]:
-            raise QueryError(f"region count {count} outside [1, {feats.shape[1]}]")
-        emb = checkpoint.model.encode_images(feats, torch.tensor([count]))
-        return emb[0, :count].float()
-
-    def _get_extractor(self):
-        if self._extractor is None:
-            spec = self.index.manifest.get("extractor")
-            if not spec:
-                raise QueryError(
-                    "this index records no extractor, so raw images cannot be encoded; "
-                    "query with a gallery image_id or region features"
-                )
-            from model.features.extractors.base import load_extractor
-
-            self._extractor = load_extractor(spec)
-        return self._extractor
+        return _rank_exactly(score, rows, step, k, timer, exhaustive)
 
 
 def hard_text_scores(
@@ -314,7 +245,7 @@ def hard_text_scores(
     padded = torch.arange(slots)[None, :] >= counts[:, None]
     per_word = sims.masked_fill_(padded[:, :, None], float("-inf")).amax(dim=1)  # (n, L)
     offsets = torch.tensor([0, words.shape[0]])
-    return pool_words(per_word, offsets, matching)[:, 0]
+    return pool_segments(per_word, offsets, matching)[:, 0]
 
 
 def _rank_exactly(
@@ -322,46 +253,22 @@ def _rank_exactly(
     rows: np.ndarray,
     step: int,
     k: int,
-    timings: dict,
+    timer: Timer,
     exhaustive: bool,
 ) -> Ranking:
     """Exact scores of `rows`, step rows at a time, and the k best of them."""
-    started = time.perf_counter()
-    scores = np.empty(len(rows), np.float32)
-    for start in range(0, len(rows), step):
-        scores[start : start + step] = score(rows[start : start + step])
-    best = _top(scores, k)
-    timings["exact_ms" if exhaustive else "rerank_ms"] = _ms(started)
-    return Ranking(rows[best], scores[best], timings, len(rows), exhaustive)
+    with timer.step("exact_ms" if exhaustive else "rerank_ms"):
+        scores = np.empty(len(rows), np.float32)
+        for start in range(0, len(rows), step):
+            scores[start : start + step] = score(rows[start : start + step])
+        best = _top(scores, k)
+    return Ranking(rows[best], scores[best], timer.steps_ms, len(rows), exhaustive)
 
 
 def _mask(rows: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros(size, bool)
     mask[rows] = True
     return mask
-
-
-def _pool_rows(values: np.ndarray, matching: Matching) -> np.ndarray:
-    """(L, N) per-word values of N items -> (N,) pooled over the L query words."""
-    if matching.pooling == "lse":
-        t = matching.pooling_temperature
-        top = values.max(axis=0)
-        return np.log(np.exp((values - top) / t).sum(axis=0)) + top / t
-    if matching.pooling == "max":
-        return values.max(axis=0)
-    return values.mean(axis=0) if matching.pooling == "mean" else values.sum(axis=0)
-
-
-def _pool_segments(values: np.ndarray, offsets: np.ndarray, matching: Matching) -> np.ndarray:
-    """Per caption (offsets bound its words) the model's pooling of per-word values."""
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
-    if matching.pooling == "lse":
-        return np.log(np.add.reduceat(np.exp(values / matching.pooling_temperature), starts))
-    if matching.pooling == "max":
-        return np.maximum.reduceat(values, starts)
-    total = np.add.reduceat(values, starts)
-    return total / lengths if matching.pooling == "mean" else total
 
 
 def _dense_ids(items: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -383,37 +290,9 @@ def _segments(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return positions, run_starts
 
 
-def _pool_with_floor(
-    values: np.ndarray,
-    owner: np.ndarray,
-    hits: np.ndarray,
-    lengths: np.ndarray,
-    floor: float,
-    matching: Matching,
-) -> np.ndarray:
-    """Pooled score per item when `values` (owned by items `owner`) are known and the
-    item's other lengths - hits words are worth `floor`."""
-    n, misses = len(lengths), lengths - hits
-    if matching.pooling == "max":
-        best = np.full(n, -np.inf)
-        np.maximum.at(best, owner, values)
-        return np.where(misses > 0, np.maximum(best, floor), best)
-    if matching.pooling == "lse":
-        t = matching.pooling_temperature
-        top = max(float(values.max(initial=floor)), floor)  # shift: exp never overflows
-        total = np.bincount(owner, np.exp((values - top) / t), minlength=n)
-        return np.log(total + misses * np.exp((floor - top) / t)) + top / t
-    total = np.bincount(owner, values, minlength=n) + misses * floor
-    return total / lengths if matching.pooling == "mean" else total
-
-
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores, best first (stable for ties)."""
     if len(scores) <= k:
         return np.argsort(-scores, kind="stable")
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

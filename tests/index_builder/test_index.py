@@ -47,24 +47,25 @@ def test_small_galleries_are_scored_exactly(searcher):
     for text in ["a red circle and a blue square", "two black stars", "a small green cross"]:
         fast = searcher.search_images(text, k=5, candidates=14)
         exact = searcher.search_images(text, k=5, exhaustive=True)
-        assert [h["image_id"] for h in fast["hits"]] == [h["image_id"] for h in exact["hits"]]
-        np.testing.assert_allclose([h["score"] for h in fast["hits"]],
-                                   [h["score"] for h in exact["hits"]], rtol=1e-5)  # fmt: skip
-        assert exact["exhaustive"] and fast["exhaustive"]  # no cells: the exact scan decides
+        assert [h.image_id for h in fast.hits] == [h.image_id for h in exact.hits]
+        np.testing.assert_allclose([h.score for h in fast.hits],
+                                   [h.score for h in exact.hits], rtol=1e-5)  # fmt: skip
+        assert exact.exhaustive and fast.exhaustive  # no cells: the exact scan decides
 
 
 def test_text_search_scores_equal_the_model_on_stored_vectors(world, searcher):
     """The ranked scores are the exact CHAN scores of the stored (fp16) embeddings."""
     result = searcher.search_images("a purple diamond above a yellow star", k=3, explain=True)
-    words, _ = searcher.encode_text("a purple diamond above a yellow star")
-    for hit in result["hits"]:
-        regions, counts = searcher.index.images(np.array([hit["row"]]))
+    words, _ = searcher.encoder.text("a purple diamond above a yellow star")
+    for hit in result.hits:
+        row = searcher.index.metadata.image_rows([hit.image_id])[0]
+        regions, counts = searcher.index.images(np.array([row]))
         from model.scoring import score_text_query
 
         want = score_text_query(words, regions, counts, searcher.matching)[0]
-        assert hit["score"] == pytest.approx(float(want), rel=1e-5)
-        assert [e["token"] for e in hit["explain"]][:3] == ["<start>", "a", "purple"]
-        assert all(0 <= v <= 1 for e in hit["explain"] for v in e["box"])
+        assert hit.score == pytest.approx(float(want), rel=1e-5)
+        assert [e.token for e in hit.explain][:3] == ["<start>", "a", "purple"]
+        assert all(0 <= v <= 1 for e in hit.explain for v in e.box)
 
 
 def test_caption_search_from_id_features_and_image_agree(world, searcher):
@@ -76,10 +77,10 @@ def test_caption_search_from_id_features_and_image_agree(world, searcher):
     by_features = searcher.search_captions(features=features[row], count=int(counts[row]), k=5)
     image = Image.open(world / "synth" / "images" / "img000081.png").convert("RGB")
     by_image = searcher.search_captions(image=image, k=5)
-    top = [h["caption_id"] for h in by_id["hits"]]
-    assert [h["caption_id"] for h in by_features["hits"]] == top
-    assert [h["caption_id"] for h in by_image["hits"]] == top
-    assert by_id["hits"][0]["explain"][0]["box"] is not None
+    top = [h.caption_id for h in by_id.hits]
+    assert [h.caption_id for h in by_features.hits] == top
+    assert [h.caption_id for h in by_image.hits] == top
+    assert by_id.hits[0].explain[0].box is not None
     with pytest.raises(UnknownIdError, match="not in the index"):
         searcher.search_captions(image_id="nope")
     with pytest.raises(ValueError, match="exactly one"):
@@ -113,10 +114,10 @@ def test_delete_is_honoured_and_verify_passes(world, index_dir, tmp_path, capsys
     copy = tmp_path / "idx"
     shutil.copytree(index_dir, copy)
     searcher = Searcher.open(copy, world / "ckpt")
-    top = searcher.search_images("a red circle", k=1)["hits"][0]["image_id"]
+    top = searcher.search_images("a red circle", k=1).hits[0].image_id
     assert main(["index", "delete", str(copy), "--image", top]) == 0
     searcher = Searcher.open(copy, world / "ckpt")
-    assert top not in [h["image_id"] for h in searcher.search_images("a red circle", k=13)["hits"]]
+    assert top not in [h.image_id for h in searcher.search_images("a red circle", k=13).hits]
     assert main(["index", "verify", str(copy), "--checkpoint", str(world / "ckpt")]) == 0
     assert "verified" in capsys.readouterr().out
     assert main(["index", "delete", str(copy), "--image", "nope"]) == 2
@@ -165,15 +166,15 @@ def test_int8_and_forced_cells(world, tmp_path, index_dir):
     # the cell path with C covering everything equals the exact scan
     query = searcher.search_captions(image_id="img000081", k=5, candidates=70)
     exact = searcher.search_captions(image_id="img000081", k=5, exhaustive=True)
-    assert [h["row"] for h in query["hits"]] == [h["row"] for h in exact["hits"]]
-    assert not query["exhaustive"]
+    assert [h.image_id for h in query.hits] == [h.image_id for h in exact.hits]
+    assert not query.exhaustive
     fast = searcher.search_images("a red circle and a blue square", k=5, candidates=14)
     slow = searcher.search_images("a red circle and a blue square", k=5, exhaustive=True)
-    assert [h["row"] for h in fast["hits"]] == [h["row"] for h in slow["hits"]]
-    assert not fast["exhaustive"] and fast["candidates"] == 14
-    a = searcher.search_images("a blue square", k=5, exhaustive=True)["hits"]
-    b = fp16.search_images("a blue square", k=5, exhaustive=True)["hits"]
-    assert abs(a[0]["score"] - b[0]["score"]) < 0.05  # int8 costs little precision
+    assert [h.image_id for h in fast.hits] == [h.image_id for h in slow.hits]
+    assert not fast.exhaustive and fast.candidates == 14
+    a = searcher.search_images("a blue square", k=5, exhaustive=True).hits
+    b = fp16.search_images("a blue square", k=5, exhaustive=True).hits
+    assert abs(a[0].score - b[0].score) < 0.05  # int8 costs little precision
 
 
 @pytest.mark.parametrize(
@@ -208,8 +209,8 @@ def write_subset(world, rows, out):
 
 
 def ranked(searcher, text):
-    hits = searcher.search_images(text, k=8, exhaustive=True)["hits"]
-    return [(h["image_id"], round(h["score"], 4)) for h in hits]
+    hits = searcher.search_images(text, k=8, exhaustive=True).hits
+    return [(h.image_id, round(h.score, 4)) for h in hits]
 
 
 def test_delete_compact_add_match_fresh_builds(world, index_dir, tmp_path, capsys):

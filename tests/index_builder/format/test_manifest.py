@@ -26,9 +26,9 @@ ODD_VALUES = [None, True, 0, -1, 1.5, 10**12, "", "float64", "x" * 300, [], {}, 
 def original(world):
     index = build(world, world / "manifest-base")
     searcher = Searcher.open(index, world / "ckpt")
-    hits = searcher.search_images(QUERY, k=5)["hits"]
+    hits = searcher.search_images(QUERY, k=5).hits
     return {"index": index, "manifest": fmt.read_manifest(index),
-            "hits": [(h["image_id"], round(h["score"], 5)) for h in hits]}  # fmt: skip
+            "hits": [(h.image_id, round(h.score, 5)) for h in hits]}  # fmt: skip
 
 
 def _paths(value, prefix=()):
@@ -72,8 +72,8 @@ def _outcome(world, index: Path, original) -> str:
         message = str(exc)
         assert "\n" not in message and "rebuild" in message, message
         return "refused"
-    hits = searcher.search_images(QUERY, k=5)["hits"]
-    assert [(h["image_id"], round(h["score"], 5)) for h in hits] == original["hits"]
+    hits = searcher.search_images(QUERY, k=5).hits
+    assert [(h.image_id, round(h.score, 5)) for h in hits] == original["hits"]
     return "equal"
 
 

@@ -3,7 +3,6 @@ storages, into a fresh array or a given buffer."""
 
 import numpy as np
 import pytest
-import torch
 
 from index_builder.format import quant
 from index_builder.format.quant import INT8_MAX, dequantize, quantize_int8

@@ -7,13 +7,7 @@ import torch
 
 from index_builder.build.cells import nearest_cells, train_centroids, write_codes
 from index_builder.search.lists import InvertedLists
-from index_builder.search.vectors import (
-    _dense_ids,
-    _pool_rows,
-    _pool_segments,
-    _pool_with_floor,
-    _segments,
-)
+from index_builder.search.vectors import _dense_ids, _segments
 from model.scoring import Matching
 
 
@@ -89,30 +83,6 @@ def test_dense_ids_and_segments():
     positions, run_starts = _segments(starts, np.array([2, 0, 3]))
     np.testing.assert_array_equal(positions, [4, 5, 6, 7, 8, 0, 1, 2, 9, 10])
     np.testing.assert_array_equal(run_starts, [0, 5, 8])
-
-
-@pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
-def test_pool_with_floor_equals_pooling_the_filled_words(pooling):
-    """Known word values plus `floor` for every other word, pooled directly."""
-    rng = np.random.default_rng(3)
-    matching = Matching(coding="hard", pooling=pooling, pooling_temperature=0.1)
-    lengths = np.array([3, 5, 1, 4])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    hit_words = np.array([0, 2, 3, 7, 8, 10])  # flat word positions with a known value
-    values = rng.uniform(0.2, 0.9, len(hit_words))
-    owner = np.searchsorted(offsets, hit_words, side="right") - 1
-    floor = 0.15
-    filled = np.full(offsets[-1], floor)
-    filled[hit_words] = values
-    expected = _pool_segments(filled, offsets, matching)
-    hits = np.bincount(owner, minlength=len(lengths))
-    got = _pool_with_floor(values, owner, hits, lengths, floor, matching)
-    np.testing.assert_allclose(got, expected, rtol=1e-9)
-    # the (L, N) pooling agrees with the segment pooling for equal-length items
-    table = rng.uniform(size=(4, 3))
-    np.testing.assert_allclose(
-        _pool_rows(table, matching), _pool_segments(table.T.ravel(), np.arange(0, 13, 4), matching)
-    )
 
 
 @pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])

@@ -8,8 +8,8 @@ from app.cli import main
 from index_builder.build.build import parse_shard, shard_of
 from index_builder.errors import UnknownIdError
 from index_builder.format import layout as fmt
+from index_builder.format.layout import shard_dirs
 from index_builder.search.searcher import Searcher
-from index_builder.search.sharded import ShardedSearcher, shard_dirs
 from tests.index_builder.conftest import build
 
 
@@ -34,21 +34,21 @@ def test_shards_partition_the_gallery(world, shards):
 
 def test_merged_results_equal_the_whole_gallery(world, shards):
     full = Searcher.open(world / "full-for-shards", world / "ckpt")
-    sharded = ShardedSearcher.open(shards, world / "ckpt")
+    sharded = Searcher.open(shards, world / "ckpt")
     assert len(sharded.shards) == 3 and sharded.num_images == full.num_images
     for text in ("a red circle", "two blue squares and a green star"):
         a = full.search_images(text, k=8, exhaustive=True)
         b = sharded.search_images(text, k=8, exhaustive=True)
-        assert [h["image_id"] for h in a["hits"]] == [h["image_id"] for h in b["hits"]]
-        assert [h["rank"] for h in b["hits"]] == list(range(1, 9))
-        assert {h["shard"] for h in b["hits"]} <= {0, 1, 2}
-    image_id = a["hits"][0]["image_id"]
+        assert [h.image_id for h in a.hits] == [h.image_id for h in b.hits]
+        assert [h.rank for h in b.hits] == list(range(1, 9))
+        assert {h.shard for h in b.hits} <= {0, 1, 2}
+    image_id = a.hits[0].image_id
     a = full.search_captions(image_id=image_id, k=6, exhaustive=True, explain=True)
     b = sharded.search_captions(image_id=image_id, k=6, exhaustive=True, explain=True)
-    assert [h["caption_id"] for h in a["hits"]] == [h["caption_id"] for h in b["hits"]]
-    assert b["hits"][0]["explain"]
-    score = sharded.score("a red circle", image_id=image_id)["score"]
-    assert score == pytest.approx(full.score("a red circle", image_id=image_id)["score"])
+    assert [h.caption_id for h in a.hits] == [h.caption_id for h in b.hits]
+    assert b.hits[0].explain
+    score = sharded.score("a red circle", image_id=image_id).score
+    assert score == pytest.approx(full.score("a red circle", image_id=image_id).score)
     assert sharded.image_record(image_id).image_id == image_id
     with pytest.raises(UnknownIdError):
         sharded.image_record("ghost")
