@@ -27,6 +27,78 @@ def test_no_import_points_back(package):
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+# Rooms inside the packages and what each may import of ours (a room imports itself too).
+# The network (model/*.py) imports nothing of ours; the libraries never import the CLI.
+ROOMS = {
+    "model": set(),
+    "model.training": {"model"},
+    "model.features": {"model"},
+    "model.synth": set(),
+    "index_builder": set(),  # the package docstring
+    "index_builder.errors": set(),
+    "index_builder.format": {"model", "index_builder.errors"},
+    "index_builder.search": {"model", "model.features", "index_builder.errors",
+                             "index_builder.format"},
+    "index_builder.build": {"model", "model.features", "index_builder.errors",
+                            "index_builder.format", "index_builder.search"},
+    "index_builder.bench": {"model", "index_builder.format", "index_builder.build",
+                            "index_builder.search"},
+    "app": {"model", "model.features", "model.synth", "model.training", "index_builder"},
+    "app.cli": {"model", "index_builder", "app"},
+}  # fmt: skip
+SUBROOMS = {"model": ("training", "features", "synth"), "app": ("cli",)}
+
+
+def room_of(module: str) -> str:
+    """model.features.extract -> model.features; model.chan -> model; app.cli.x -> app.cli."""
+    parts = module.split(".")
+    if parts[0] == "index_builder":
+        return ".".join(parts[:2])
+    if len(parts) > 1 and parts[1] in SUBROOMS.get(parts[0], ()):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Our modules imported anywhere in the file (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if n.split(".")[0] in ("model", "index_builder", "app")}
+
+
+def allowed(target: str, rules: set[str]) -> bool:
+    return any(target == rule or target.startswith(rule + ".") for rule in rules)
+
+
+def source_files() -> list[Path]:
+    return sorted(p for package in ("model", "index_builder", "app")
+                  for p in (ROOT / package).rglob("*.py"))  # fmt: skip
+
+
+@pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_room_imports_only_the_rooms_below_it(path):
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    room = room_of(module)
+    assert room in ROOMS, f"{module}: room {room} has no rule in ROOMS"
+    bad = {t for t in imported_modules(path)
+           if room_of(t) != room and not allowed(room_of(t), ROOMS[room])}  # fmt: skip
+    assert not bad, f"{path.relative_to(ROOT)} ({room}) imports {sorted(bad)}"
+
+
+def test_the_room_rules_catch_an_upward_import():
+    assert room_of("model.features.extractors.base") == "model.features"
+    assert room_of("index_builder.format.reader") == "index_builder.format"
+    assert room_of("model.scoring") == "model" and room_of("app.cli.index") == "app.cli"
+    assert not allowed(room_of("index_builder.build.writer"), ROOMS["index_builder.format"])
+    assert not allowed(room_of("model.training.train"), ROOMS["model"])
+    assert not allowed(room_of("app.cli"), ROOMS["app"])
+    assert allowed(room_of("index_builder.format.layout"), ROOMS["index_builder.search"])
+
+
 def test_model_package_is_checked():
     assert any((ROOT / "model").rglob("*.py"))
 
