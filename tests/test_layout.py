@@ -33,7 +33,7 @@ ROOMS = {
     "model": set(),
     "model.training": {"model"},
     "model.features": {"model"},
-    "model.synth": set(),
+    "model.synth": {"model"},
     "index_builder": set(),  # the package docstring
     "index_builder.errors": set(),
     "index_builder.format": {"model", "index_builder.errors"},
