@@ -108,11 +108,10 @@ class Searcher:
         timer = Timer()
         with timer.step("encode_ms"):
             words, tokens = self.encoder.text(text)
-        rankings = []
-        for shard in self.shards:
-            allowed = _allowed(shard.index, "images", filter)
-            ranking = shard.vectors.images_for_words(words, k, candidates, exhaustive, allowed)
-            rankings.append(ranking)
+        rankings = [
+            shard.vectors.images_for_words(words, k, candidates, exhaustive, allowed)
+            for shard, allowed in self._filtered("images", filter)
+        ]
         hits = []
         for rank, (shard_no, row, score) in enumerate(self._merge(rankings, k, timer), 1):
             index = self.shards[shard_no].index
@@ -151,12 +150,10 @@ class Searcher:
         timer = Timer()
         with timer.step("encode_ms"):
             regions, boxes = self.query_regions(image, image_id, features, count)
-        rankings = []
-        for shard in self.shards:
-            allowed = _allowed(shard.index, "captions", filter)
-            ranking = shard.vectors.captions_for_regions(regions, k, candidates, exhaustive,
-                                                         allowed)  # fmt: skip
-            rankings.append(ranking)
+        rankings = [
+            shard.vectors.captions_for_regions(regions, k, candidates, exhaustive, allowed)
+            for shard, allowed in self._filtered("captions", filter)
+        ]
         hits = []
         for rank, (shard_no, row, score) in enumerate(self._merge(rankings, k, timer), 1):
             index = self.shards[shard_no].index
@@ -242,6 +239,11 @@ class Searcher:
                 return shard.index, row
         raise UnknownIdError(f"image id {image_id!r} is not in the index")
 
+    def _filtered(self, kind: str, filter: dict[str, Any] | None) -> list[tuple]:
+        """(shard, rows its metadata filter keeps or None for no filter) per shard."""
+        return [(shard, shard.index.metadata.filter_rows(kind, filter) if filter else None)
+                for shard in self.shards]  # fmt: skip
+
     def _merge(self, rankings: list[Ranking], k: int, timer: Timer) -> list[tuple]:
         """Per-shard rankings -> the k best (shard, row, score) by exact score; the
         shards' step timings add up."""
@@ -264,11 +266,6 @@ def _check_k(k: int, candidates: int | None) -> tuple[int, int | None]:
     if candidates is not None and candidates < 1:
         raise QueryError(f"candidates must be >= 1, got {candidates}")
     return k, None if candidates is None else max(candidates, k)
-
-
-def _allowed(index: GalleryIndex, kind: str, filter: dict[str, Any] | None) -> np.ndarray | None:
-    """Rows a metadata filter keeps (None: no filter)."""
-    return index.metadata.filter_rows(kind, filter) if filter else None
 
 
 def _scored(rankings: list[Ranking]) -> tuple[int, bool]:

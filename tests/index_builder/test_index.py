@@ -99,13 +99,8 @@ def test_refusals(world, index_dir, tmp_path):
     regions.write_bytes(bytes(data[:-10]))
     with pytest.raises(fmt.IndexFormatError, match="truncated"):
         GalleryIndex(damaged)
-    shutil.rmtree(damaged)
-    shutil.copytree(index_dir, damaged)
-    manifest = json.loads((damaged / fmt.MANIFEST).read_text())
-    manifest["format_version"] = 99
-    (damaged / fmt.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(fmt.IndexFormatError, match="version 99"):
-        GalleryIndex(damaged)
+        GalleryIndex(copy_with_version(index_dir, tmp_path / "v99", 99))
     with pytest.raises(fmt.IndexFormatError, match="not by the loaded one"):
         Searcher.open(index_dir, world / "other")
 
@@ -312,13 +307,18 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkey
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
+def copy_with_version(index_dir, out, version: int):
+    """A copy of the index whose manifest claims another format version."""
+    shutil.copytree(index_dir, out)
+    manifest = json.loads((out / fmt.MANIFEST).read_text())
+    manifest["format_version"] = version
+    (out / fmt.MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
 def test_a_version_1_index_is_refused_with_the_fix(world, index_dir, tmp_path, capsys):
     """Version 1 held pooled FAISS indexes nothing searched; this code reads version 2."""
-    old = tmp_path / "v1"
-    shutil.copytree(index_dir, old)
-    manifest = json.loads((old / fmt.MANIFEST).read_text())
-    manifest["format_version"] = 1
-    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    old = copy_with_version(index_dir, tmp_path / "v1", 1)
     with pytest.raises(fmt.IndexFormatError, match="version 1; this code reads version 2"):
         GalleryIndex(old)
     assert main(["index", "verify", str(old)]) == 2
