@@ -14,11 +14,11 @@ Peak extra memory is the growth of the process's peak resident set during a meth
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import multiprocessing
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +30,40 @@ from model.scoring import FlatWords, Matching, score_matrix
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=1000, help="number of images")
-    parser.add_argument("--captions", type=int, default=5000, help="number of captions")
-    parser.add_argument("--regions", type=int, default=36, help="K, regions per image")
-    parser.add_argument("--dim", type=int, default=1024, help="d, embedding size")
-    parser.add_argument("--min-len", type=int, default=8, help="shortest caption (words)")
-    parser.add_argument("--max-len", type=int, default=20, help="longest caption (words)")
-    parser.add_argument("--chunk-mb", type=int, default=64, help="memory bound of one block")
-    parser.add_argument("--groups", type=int, default=5, help="interleaved hard/matmul rounds")
-    parser.add_argument("--soft-images", type=int, default=20, help="images for the soft baseline")
-    parser.add_argument(
-        "--reference-images", type=int, default=100, help="images for the reference-style port"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
-    )
-    parser.add_argument(
-        "--no-memory",
-        dest="memory",
-        action="store_false",
-        help="skip the peak-memory runs (each in a fresh process)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object as the last line"
-    )
+@dataclass(frozen=True)
+class ScoreBenchOptions:
+    """Sizes of the random inputs and of the runs that `run_score_bench` measures."""
+
+    images: int = 1000
+    captions: int = 5000
+    regions: int = 36  # K, regions per image
+    dim: int = 1024  # d, embedding size
+    min_len: int = 8  # shortest caption (words)
+    max_len: int = 20  # longest caption (words)
+    chunk_mb: int = 64  # memory bound of one scoring block
+    groups: int = 5  # interleaved hard / matmul rounds
+    soft_images: int = 20  # images for the soft baseline
+    reference_images: int = 100  # images for the reference-style port
+    seed: int = 0
+    threads: int | None = None  # torch threads; None: torch's default
+    memory: bool = True  # peak-memory runs, each in a fresh process
 
 
-def peak_extra_bytes(method: str, args: argparse.Namespace) -> int:
+def peak_extra_bytes(method: str, options: ScoreBenchOptions) -> int:
     """Run one method in a fresh process and return how far its peak resident set rose
     above the resident set it had with the inputs built (Linux /proc)."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_child_peak, (method, vars(args)))
+        return pool.apply(_child_peak, (method, dataclasses.asdict(options)))
 
 
-def _child_peak(method: str, options: dict[str, Any]) -> int:
-    args = argparse.Namespace(**options)
-    torch.set_num_threads(args.threads)
-    regions, words, lens = make_inputs(args)
+def _child_peak(method: str, fields: dict[str, Any]) -> int:
+    options = ScoreBenchOptions(**fields)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    regions, words, lens = make_inputs(options)
     flat = FlatWords.from_padded(words, lens)
-    run = _methods(args, regions, words, lens, flat)[method]
+    run = _methods(options, regions, words, lens, flat)[method]
     # building the inputs had temporaries: restart the peak from the current resident set
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kb("VmRSS")
@@ -81,16 +73,19 @@ def _child_peak(method: str, options: dict[str, Any]) -> int:
 
 
 def _methods(
-    args: argparse.Namespace,
+    options: ScoreBenchOptions,
     regions: torch.Tensor,
     words: torch.Tensor,
     lens: torch.Tensor,
     flat: FlatWords,
 ) -> dict[str, Any]:
     """The measured computations, by name, as zero-argument callables."""
-    bound = args.chunk_mb * 2**20
+    bound = options.chunk_mb * 2**20
     hard, soft = Matching(coding="hard", pooling="lse"), Matching(coding="soft", pooling="mean")
-    n_ref, n_soft = min(args.reference_images, args.images), min(args.soft_images, args.images)
+    n_ref, n_soft = (
+        min(options.reference_images, options.images),
+        min(options.soft_images, options.images),
+    )
     return {
         "hard_fp32": lambda: score_matrix(
             regions, None, flat, matching=hard, max_chunk_bytes=bound
@@ -113,13 +108,17 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def make_inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(options: ScoreBenchOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random unit regions (N, K, d), padded unit words (C, L, d) and word counts (C,)."""
-    gen = torch.Generator().manual_seed(args.seed)
-    regions = F.normalize(torch.randn(args.images, args.regions, args.dim, generator=gen), dim=-1)
-    lens = torch.randint(args.min_len, args.max_len + 1, (args.captions,), generator=gen)
-    words = F.normalize(torch.randn(args.captions, args.max_len, args.dim, generator=gen), dim=-1)
-    words = words * (torch.arange(args.max_len)[None, :] < lens[:, None])[..., None]
+    gen = torch.Generator().manual_seed(options.seed)
+    regions = F.normalize(
+        torch.randn(options.images, options.regions, options.dim, generator=gen), dim=-1
+    )
+    lens = torch.randint(options.min_len, options.max_len + 1, (options.captions,), generator=gen)
+    words = F.normalize(
+        torch.randn(options.captions, options.max_len, options.dim, generator=gen), dim=-1
+    )
+    words = words * (torch.arange(options.max_len)[None, :] < lens[:, None])[..., None]
     return regions, words, lens
 
 
@@ -189,22 +188,25 @@ def topk_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
     return result
 
 
-def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
+@torch.inference_mode()
+def run_score_bench(options: ScoreBenchOptions) -> dict[str, Any]:
     """Measure every method; returns the figures as a dict."""
-    regions, words, lens = make_inputs(args)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    regions, words, lens = make_inputs(options)
     flat = FlatWords.from_padded(words, lens)
-    run = _methods(args, regions, words, lens, flat)
-    bound = args.chunk_mb * 2**20
+    run = _methods(options, regions, words, lens, flat)
+    bound = options.chunk_mb * 2**20
     n_img, slots, dim = regions.shape
     total_words = int(lens.sum())
     flops = 2.0 * n_img * slots * total_words * dim
-    n_ref, n_soft = min(args.reference_images, n_img), min(args.soft_images, n_img)
+    n_ref, n_soft = min(options.reference_images, n_img), min(options.soft_images, n_img)
     hard_match = Matching(coding="hard", pooling="lse")
 
     # hard fp32, interleaved group by group with the matmul roofline of the same FLOPs
     roofline = Roofline(dim)
     hard_s, mm_s, pieces = 0.0, 0.0, []
-    for group in torch.arange(n_img).chunk(args.groups):
+    for group in torch.arange(n_img).chunk(options.groups):
         part, seconds = _timed(
             lambda g=group: score_matrix(
                 regions[g], None, flat, matching=hard_match, max_chunk_bytes=bound
@@ -230,8 +232,8 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
     methods: dict[str, dict[str, float]] = {}
     for name, secs in seconds.items():
         n = subset.get(name, n_img)
-        peak = 0 if name == "matmul_fp32" or not args.memory else peak_extra_bytes(name, args)
-        methods[name] = _figures(n * args.captions, secs, flops * n / n_img, peak)
+        peak = 0 if name == "matmul_fp32" or not options.memory else peak_extra_bytes(name, options)
+        methods[name] = _figures(n * options.captions, secs, flops * n / n_img, peak)
     if n_ref:
         methods["reference_style_fp32"]["max_abs_diff_vs_hard"] = float(
             (results["reference_style_fp32"] - hard[:n_ref]).abs().max()
@@ -249,7 +251,7 @@ def run_score_bench(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sizes": {
             "images": n_img,
-            "captions": args.captions,
+            "captions": options.captions,
             "regions": slots,
             "dim": dim,
             "words": total_words,
@@ -326,18 +328,3 @@ def format_report(result: dict[str, Any]) -> str:
         f"{agreement['t2i_top10_identical_sets']:.3f}"
     )
     return "\n".join(lines)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    if args.min_len < 1 or args.max_len < args.min_len:
-        raise ValueError("need 1 <= --min-len <= --max-len")
-    for name in ("images", "captions", "regions", "dim", "chunk_mb", "groups"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    torch.set_num_threads(args.threads)
-    with torch.inference_mode():
-        result = run_score_bench(args)
-    print(format_report(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0

@@ -1,4 +1,4 @@
-"""The `chan` command line: one entry point whose subcommands come from each package."""
+"""The `chan` command line: `main` and `build_parser`; argparse lives here, one module a room."""
 
 from __future__ import annotations
 
@@ -12,24 +12,17 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full `chan` parser; subcommand modules are imported here, their heavy
-    dependencies only when a command runs."""
-    from app.cli import index as index_cli
-    from app.cli import model as model_cli
-    from app.cli import serve as cli_serve
+    """The full `chan` parser. Cheap to build: each subcommand module imports its heavy
+    dependencies (torch, nltk, the training code) only inside the function that runs it."""
+    from app.cli import bench, features, index, model, serve, synth, training
 
     parser = argparse.ArgumentParser(
         prog="chan", description="CHAN image-text retrieval: model, index builder, search service."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    model_cli.add_subcommands(subparsers)
-    index_cli.add_subcommands(subparsers)
-    cli_serve.add_subcommands(subparsers)
-    bench = subparsers.add_parser("bench", help="benchmarks that print side-by-side ratios")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
-    model_cli.add_bench_subcommands(bench_sub)
-    index_cli.add_bench_subcommands(bench_sub)
+    for room in (synth, features, training, model, index, serve, bench):  # the --help order
+        room.add_subcommands(subparsers)
     return parser
 
 

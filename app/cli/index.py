@@ -7,8 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-from index_builder.format.durable import disk_full_reported, recover
-
 logger = logging.getLogger(__name__)
 
 
@@ -58,6 +56,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 def _run_build(args: argparse.Namespace) -> int:
     from index_builder.build.build import BuildOptions, build_index, parse_shard
+    from index_builder.format.durable import disk_full_reported
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
@@ -135,6 +134,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from index_builder.build.verify import verify_index
+    from index_builder.format.durable import recover
     from index_builder.format.layout import IndexFormatError
 
     try:
@@ -170,6 +170,7 @@ def _add_delete(sub: argparse._SubParsersAction) -> None:
 
 def _run_delete(args: argparse.Namespace) -> int:
     from index_builder.build.edit import delete_items
+    from index_builder.format.durable import disk_full_reported
 
     images, captions = list(args.image), list(args.caption)
     if args.ids_file:
@@ -205,6 +206,7 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
 
 def _run_add(args: argparse.Namespace) -> int:
     from index_builder.build.edit import add_items
+    from index_builder.format.durable import disk_full_reported
 
     with disk_full_reported(args.index):
         added = add_items(
@@ -223,6 +225,7 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
 
 def _run_compact(args: argparse.Namespace) -> int:
     from index_builder.build.edit import compact_index
+    from index_builder.format.durable import disk_full_reported
 
     with disk_full_reported(args.index):
         removed = compact_index(args.index)

@@ -1,45 +1,22 @@
-"""Subcommands of `chan` that need only the model package: synth, extract,
-import-official, score, bench score / extract."""
+"""`chan import-official` and `chan score`: subcommands that need only the model package."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register this package's subcommands on the `chan` parser."""
-    from app.cli import data as cli_data
-    from app.cli import train as cli_train
-
-    cli_data.add_subcommands(subparsers)
-    cli_train.add_subcommands(subparsers)
+    """Register `chan import-official` and `chan score`."""
     _add_import_official(subparsers)
     _add_score(subparsers)
-
-
-def add_bench_subcommands(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Register `chan bench score` and `chan bench extract`."""
-    from model.bench import add_arguments
-
-    parser = bench_subparsers.add_parser(
-        "score", help="throughput and memory of hard vs soft assignment vs a plain matrix product"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=_run_bench_score)
-    from model.features import bench as bench_extract
-
-    parser = bench_subparsers.add_parser(
-        "extract", help="images/s and peak memory of the region extractors"
-    )
-    bench_extract.add_arguments(parser)
-    parser.set_defaults(func=bench_extract.run_from_args)
 
 
 def _add_import_official(subparsers: argparse._SubParsersAction) -> None:
@@ -92,6 +69,9 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     from model.checkpoint import load_checkpoint
     from model.inference import encode_captions, encode_regions, read_captions, read_regions
 
@@ -112,14 +92,7 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    from model.io import atomic_save_npy
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        np.save(handle, array)
-    tmp.replace(path)
-
-
-def _run_bench_score(args: argparse.Namespace) -> int:
-    from model.bench import run_from_args
-
-    return run_from_args(args)
+    atomic_save_npy(path, array)

@@ -8,8 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-from pydantic import ValidationError
-
 logger = logging.getLogger(__name__)
 
 FLAGS = {  # flag -> (Settings field, type, help)
@@ -26,7 +24,7 @@ FLAGS = {  # flag -> (Settings field, type, help)
 }
 
 
-def add_subcommands(subparsers) -> None:
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="run the search API and web page",
         description="Serve an index: REST API under /v1, web page at /, /healthz, /readyz, "
@@ -57,6 +55,8 @@ def add_subcommands(subparsers) -> None:
 def settings_from_args(args: argparse.Namespace):
     """Settings from the environment, with the given flags on top; a bad value is a
     one-line ValueError naming the setting."""
+    from pydantic import ValidationError
+
     from app.settings import Settings
 
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in

@@ -17,7 +17,6 @@ restarted before each extractor.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -41,46 +40,6 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 DETR_REGIONS = 36
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--extractors",
-        default=",".join(EXTRACTORS),
-        help=f"comma-separated subset of {','.join(EXTRACTORS)}",
-    )
-    parser.add_argument("--images", type=int, default=64, help="timed images per extractor")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per extract call")
-    parser.add_argument("--image-size", type=int, default=160, help="side of the synthetic images")
-    parser.add_argument("--grid-size", type=int, default=224, help="grid (ResNet-50) input side")
-    parser.add_argument("--detr-size", type=int, default=512, help="detr (DETR-R50) canvas side")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object as the last line"
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Entry point of `chan bench extract`: print the report (and JSON); 0 on success."""
-    names = parse_extractors(args.extractors)
-    for name in ("images", "batch_size", "image_size", "grid_size", "detr_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    result = run_extract_bench(
-        names,
-        num_images=args.images,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        grid_size=args.grid_size,
-        detr_size=args.detr_size,
-        threads=args.threads,
-        seed=args.seed,
-    )
-    print(format_report(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
-
 def parse_extractors(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = sorted(set(names) - set(EXTRACTORS))
@@ -90,7 +49,7 @@ def parse_extractors(value: str) -> list[str]:
 
 
 def run_extract_bench(
-    names: Sequence[str],
+    names: Sequence[str] = EXTRACTORS,
     num_images: int = 64,
     batch_size: int = 16,
     image_size: int = 160,

@@ -413,16 +413,13 @@ def test_wrong_models_and_options_get_clear_errors(model_dirs, tiny_bert_dir, tm
 
 
 def test_bench_extract_reports_each_extractor(capsys):
-    import argparse
-
-    from model.features.bench import add_arguments, parse_extractors, run_from_args
+    from app.cli import main
+    from model.features.bench import parse_extractors
 
     with pytest.raises(ValueError, match="--extractors"):
         parse_extractors("grid,yolo")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     args = ["--extractors", "demo", "--images", "4", "--batch-size", "2", "--json"]
-    assert run_from_args(parser.parse_args(args)) == 0
+    assert main(["bench", "extract", *args]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     row = report["extractors"]["demo"]
     assert row["images_per_s"] > 0 and row["num_regions"] == 10 and row["peak_rss_mb"] > 0

@@ -1,0 +1,148 @@
+"""`chan bench score | extract | search`: flags -> each benchmark's parameters; reports printed.
+
+Flags default to None ("not given") so the benchmarks' own defaults are the only ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXTRACTORS = "grid,detr,demo"  # model.features.bench.EXTRACTORS (a test checks)
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks that print side-by-side ratios")
+    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    _add_score(sub)
+    _add_extract(sub)
+    _add_search(sub)
+
+
+def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named flags that were given, lists as tuples."""
+    values = {name: getattr(args, name) for name in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+
+
+def check_positive(values: object, *names: str) -> None:
+    """A ValueError naming the first of the given flags (attributes of `values`) below 1."""
+    for name in names:
+        if getattr(values, name) is not None and getattr(values, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def print_report(text: str, report: dict[str, Any], as_json: bool) -> int:
+    print(text)
+    if as_json:
+        print(json.dumps(report))
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "score", help="throughput and memory of hard vs soft assignment vs a plain matrix product"
+    )
+    add = parser.add_argument
+    add("--images", type=int, help="number of images")
+    add("--captions", type=int, help="number of captions")
+    add("--regions", type=int, help="K, regions per image")
+    add("--dim", type=int, help="d, embedding size")
+    add("--min-len", type=int, help="shortest caption (words)")
+    add("--max-len", type=int, help="longest caption (words)")
+    add("--chunk-mb", type=int, help="memory bound of one block")
+    add("--groups", type=int, help="interleaved hard/matmul rounds")
+    add("--soft-images", type=int, help="images for the soft baseline")
+    add("--reference-images", type=int, help="images for the reference-style port")
+    add("--seed", type=int)
+    add("--threads", type=int, help="torch threads")
+    add("--no-memory", dest="memory", action="store_false", default=None,
+        help="skip the peak-memory runs (each in a fresh process)")  # fmt: skip
+    add("--json", action="store_true", help="print one JSON object as the last line")
+    parser.set_defaults(func=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from model.bench import ScoreBenchOptions, format_report, run_score_bench
+
+    options = ScoreBenchOptions(**given(args, *(f.name for f in fields(ScoreBenchOptions))))
+    if options.min_len < 1 or options.max_len < options.min_len:
+        raise ValueError("need 1 <= --min-len <= --max-len")
+    check_positive(options, "images", "captions", "regions", "dim", "chunk_mb", "groups")
+    report = run_score_bench(options)
+    return print_report(format_report(report), report, args.json)
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("extract", help="images/s and peak memory of the region extractors")
+    add = parser.add_argument
+    add("--extractors", help=f"comma-separated subset of {EXTRACTORS}")
+    add("--images", type=int, help="timed images per extractor")
+    add("--batch-size", type=int, help="images per extract call")
+    add("--image-size", type=int, help="side of the synthetic images")
+    add("--grid-size", type=int, help="grid (ResNet-50) input side")
+    add("--detr-size", type=int, help="detr (DETR-R50) canvas side")
+    add("--threads", type=int, help="torch threads (default: all)")
+    add("--seed", type=int)
+    add("--json", action="store_true", help="print one JSON object as the last line")
+    parser.set_defaults(func=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from model.features.bench import format_report, parse_extractors, run_extract_bench
+
+    names = None if args.extractors is None else parse_extractors(args.extractors)
+    sizes = ("images", "batch_size", "image_size", "grid_size", "detr_size")
+    check_positive(args, *sizes)
+    options = given(args, *sizes, "threads", "seed") | ({"names": names} if names else {})
+    if "images" in options:
+        options["num_images"] = options.pop("images")
+    report = run_extract_bench(**options)
+    return print_report(format_report(report), report, args.json)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "search",
+        help="shortlist + rerank vs exhaustive: recall, latency, build speed, bytes per image",
+    )
+    add = parser.add_argument
+    add("--images", type=int, help="gallery size (10000)")
+    add("--regions", type=int, help="K (36)")
+    add("--dim", type=int, help="d (1024)")
+    add("--captions-per-image", type=int)
+    add("--words", type=int, help="words per caption (12)")
+    add("--concepts", type=int, help="concept centroids (2048)")
+    add("--queries", type=int, help="queries per direction (50)")
+    add("--storage", nargs="+", choices=["float16", "int8"])
+    add("--threads", type=int, help="torch threads per query (1, as the service runs)")
+    add("--workdir", type=Path, help="where to build (default: a temp dir)")
+    add("--keep", action="store_true", default=None,
+        help="keep the indexes in --workdir and reuse them when the parameters match "
+        "(measure other search settings without a rebuild)")  # fmt: skip
+    add("--candidates", type=int, help="C, text -> image")
+    add("--caption-candidates", type=int, help="C, image -> caption")
+    add("--probes", type=int, help="region cells probed per query word")
+    add("--caption-probes", type=int, help="word cells probed per image")
+    add("--seed", type=int)
+    add("--json", action="store_true", help="JSON of every figure, last line")
+    add("--index", type=Path, help="measure this built index instead")
+    add("--checkpoint", type=Path, help="the checkpoint of --index")
+    parser.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from index_builder.bench import SearchBenchOptions, format_report, run_search_bench
+
+    options = SearchBenchOptions(**given(args, *(f.name for f in fields(SearchBenchOptions))))
+    report = run_search_bench(options)
+    return print_report(format_report(report), report, args.json)
