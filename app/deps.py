@@ -3,13 +3,11 @@ upload within its limits, and running a search in the bounded executor."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
-from app.bodylimit import depth_message, json_depth
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import SearchOptions
@@ -96,10 +94,8 @@ def check_upload_length(request: Request, settings: Settings) -> None:
         )
 
 
-async def read_upload(upload: Any, settings: Settings) -> bytes:
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """The bytes of the `file` part, with its declared type and size checked."""
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "file: send the image as a multipart file part")
     declared = (upload.content_type or "").split(";")[0].strip().lower()
     if declared not in UPLOAD_TYPES:
         raise ApiError(
@@ -113,48 +109,3 @@ async def read_upload(upload: Any, settings: Settings) -> bytes:
     if not data:
         raise ApiError(400, "bad_image", "file: the upload is empty")
     return data
-
-
-async def parse_body(request: Request, settings: Settings) -> tuple[dict[str, Any], Any]:
-    """A JSON body, or a multipart form -> (fields, file part or None). Form fields are
-    strings; JSON-typed ones (k, explain, filter, ...) are decoded as JSON."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/json":
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "the JSON body must be an object")
-        return body, None
-    if kind == "multipart/form-data":
-        check_upload_length(request, settings)
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except Exception as exc:  # the multipart parser's errors are client errors
-            message = f"the multipart body is malformed: {exc}"
-            raise ApiError(400, "malformed_form", message) from None
-        fields = {
-            key: _form_value(key, value, settings) for key, value in form.items() if key != "file"
-        }
-        return fields, form.get("file")
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"send application/json or multipart/form-data, not {kind or 'no type'}",
-    )
-
-
-def _form_value(key: str, value: Any, settings: Settings) -> Any:
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_request", f"{key}: only `file` may be a file part")
-    if key in ("text", "image_id"):
-        return value
-    depth = json_depth(value.encode())
-    if depth > settings.max_json_depth:
-        message = depth_message(depth, settings.max_json_depth, f"form field {key!r}")
-        raise ApiError(422, "invalid_request", message)
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value  # the schema check names the field

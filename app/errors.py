@@ -1,7 +1,8 @@
 """Every error the service answers is JSON `{"error": {"code", "message", "request_id"}}`
 with a 4xx for anything a client can cause; a 5xx means a bug or an unavailable index.
-An exception nothing else maps is caught by the request middleware and answered as
-`internal` 500 (`internal_error_response`), never as a plain-text page."""
+Only the project's own error types map to a 4xx: any other exception, a plain ValueError
+included, is a bug, caught by the request middleware and answered as `internal` 500
+(`internal_error_response`), never as a plain-text page."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service import NotReady, Overloaded
-from index_builder.errors import UnknownIdError
+from index_builder.errors import QueryError, UnknownIdError
 from model.features.images import ImageError
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ def internal_error_response(request: Request) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Domain errors -> HTTP: ValueError / ImageError 400 (422 for schema violations),
-    UnknownIdError 404, Overloaded 503 + Retry-After, NotReady 503."""
+    """Domain errors -> HTTP: ApiError its own status, ImageError and QueryError 400 (422
+    for schema violations), UnknownIdError 404, Overloaded 503 + Retry-After, NotReady 503.
+    No handler for ValueError itself: one that is not a QueryError or an ImageError is a
+    programming error, and a 400 would hide it."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -72,8 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unknown(request: Request, exc: UnknownIdError):
         return error_response(404, "unknown_id", str(exc), request=request)
 
-    @app.exception_handler(ValueError)
-    async def _value(request: Request, exc: ValueError):
+    @app.exception_handler(QueryError)
+    async def _query(request: Request, exc: QueryError):
         return error_response(400, "bad_request", str(exc), request=request)
 
     @app.exception_handler(Overloaded)
@@ -99,7 +102,8 @@ def describe_validation(errors: list[dict]) -> str:
     for error in errors[:5]:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         message = error.get("msg", "invalid")
-        if "input" in error and error.get("type") != "missing":
+        whole_body = where == "body" and isinstance(error.get("input"), dict)  # not echoed
+        if "input" in error and error.get("type") != "missing" and not whole_body:
             shown = repr(error["input"])
             message += f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
         parts.append(f"{where}: {message}")

@@ -16,6 +16,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import install_middleware
 from app.routes import gallery, page, search, system
+from app.routes.content_type import install_openapi
 from app.service import SearchService
 from app.settings import Settings
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings, service: SearchService | None = None) -> Fast
     for module in (search, gallery, system, page):
         app.include_router(module.router)
     page.mount_static(app)
+    install_openapi(app)
     return app
 
 

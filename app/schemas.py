@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from contextvars import ContextVar
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from app.bodylimit import depth_message, json_depth
+from app.settings import Settings
 
 # Filter values: metadata `key: value` (dotted keys reach into nested metadata); a list
 # matches any of its values.
@@ -41,6 +56,61 @@ class CaptionSearchRequest(SearchOptions):
 class ScoreRequest(_Body):
     text: str = Field(min_length=1)
     image_id: str = Field(min_length=1, max_length=512, pattern=ID_PATTERN)
+
+
+# The depth bound of JSON-typed form fields is a setting, and FastAPI validates a form model
+# without a pydantic context: the upload route sets this around each request's validation.
+form_json_depth: ContextVar[int] = ContextVar(
+    "form_json_depth", default=Settings.model_fields["max_json_depth"].default
+)
+
+
+class _UploadForm(_Body):
+    """A multipart upload: the query image as the `file` part, the other fields as text."""
+
+    file: UploadFile = Field(description="the query image: JPEG, PNG or WebP")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_file_part(cls, data: Any) -> Any:
+        """`file` is the one file part. (The form holds Starlette's UploadFile, of which
+        FastAPI's is a subclass.)"""
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if key == "file" and not isinstance(value, StarletteUploadFile):
+                message = "send the image as a multipart file part named `file`, not a text field"
+                raise PydanticCustomError("file_part", message)
+            if key != "file" and isinstance(value, StarletteUploadFile):
+                raise PydanticCustomError(
+                    "file_part", "only `file` may be a file part, not '{key}'", {"key": key}
+                )
+        return data
+
+
+class CaptionUploadForm(SearchOptions, _UploadForm):
+    """An image upload with the search options as form fields (`filter`: a JSON object)."""
+
+    @field_validator(*SearchOptions.model_fields, mode="before")
+    @classmethod
+    def _json_typed(cls, value: Any, info: ValidationInfo) -> Any:
+        """Form text -> the option; its nesting is bounded before `filter` is decoded."""
+        if not isinstance(value, str):
+            return value
+        depth, limit = json_depth(value.encode()), form_json_depth.get()
+        if depth > limit:
+            message = depth_message(depth, limit, f"form field {info.field_name!r}")
+            raise PydanticCustomError("json_too_deep", "{message}", {"message": message})
+        if info.field_name != "filter":
+            return value  # pydantic reads ints and booleans from their text
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # the type check names the field and shows the value
+
+
+class ScoreUploadForm(_UploadForm):
+    """An image upload and the `text` to score against it."""
+
+    text: str = Field(min_length=1)
 
 
 class WordMatch(BaseModel):

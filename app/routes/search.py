@@ -3,35 +3,33 @@ in the bounded executor, shape the hits."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form
+from fastapi.routing import APIRoute
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 
-from app.deps import (
-    MetricsDep,
-    ServiceDep,
-    SettingsDep,
-    check_options,
-    check_text,
-    parse_body,
-    read_upload,
-)
-from app.errors import ApiError, describe_validation
+from app.deps import MetricsDep, ServiceDep, SettingsDep, check_options, check_text, read_upload
+from app.metrics import Metrics
+from app.routes.content_type import MULTIPART, JsonRoute, UploadRoute
 from app.schemas import (
     ERROR_RESPONSES,
     CaptionSearchRequest,
     CaptionSearchResponse,
+    CaptionUploadForm,
     ImageSearchRequest,
     ImageSearchResponse,
     ScoreRequest,
     ScoreResponse,
+    ScoreUploadForm,
     SearchOptions,
 )
+from app.service import Loaded, SearchService
 from app.settings import Settings
+from index_builder.search.results import as_json
 from model.features.images import ImageError, load_image
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
@@ -40,34 +38,18 @@ UPLOAD_FORMATS = {"JPEG", "PNG", "WEBP"}
 THUMBNAIL_SIZE = 256
 
 
-def _body_schema(model, form_fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    """OpenAPI request body for routes that read the request themselves: JSON (the
-    pydantic model) or a multipart form with the image as `file`."""
-    form = {
-        "type": "object",
-        "required": ["file", *required],
-        "properties": {"file": {"type": "string", "format": "binary"}, **form_fields},
-    }
-    json_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    json_schema.pop("$defs", None)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": json_schema},
-                "multipart/form-data": {"schema": form},
-            },
-        }
-    }
+def _post(path: str, route_class: type[APIRoute], response_model: type) -> Callable:
+    """`@router.post` with a route class (FastAPI's decorators take none). Captions and
+    score take a JSON body or an upload on one path: each upload route is registered first
+    and takes only multipart/form-data, its JSON route the rest (app.routes.content_type).
+    Both sit on `router` itself, so the path template the metrics see is the full one."""
 
+    def register(endpoint: Callable) -> Callable:
+        router.add_api_route(path, endpoint, methods=["POST"], response_model=response_model,
+                             route_class_override=route_class)  # fmt: skip
+        return endpoint
 
-_FORM_OPTIONS = {
-    "k": {"type": "integer", "minimum": 1, "default": 10},
-    "candidates": {"type": "integer", "minimum": 1},
-    "explain": {"type": "boolean", "default": False},
-    "exhaustive": {"type": "boolean", "default": False},
-    "filter": {"type": "string", "description": "JSON object of metadata filters"},
-}
+    return register
 
 
 @router.post("/search/images", response_model=ImageSearchResponse)
@@ -82,30 +64,39 @@ async def search_images(
         loaded.searcher.search_images, body.text, **_search_options(body)
     )
     metrics.observe_search("text_to_image", result)
-    for hit in result["hits"]:
+    answer = as_json(result)
+    for hit in answer["hits"]:
         hit.update(image_urls(hit["image_id"]))
-    return result
+    return answer
 
 
-@router.post(
-    "/search/captions",
-    response_model=CaptionSearchResponse,
-    openapi_extra=_body_schema(CaptionSearchRequest, _FORM_OPTIONS, []),
-)
+@_post("/search/captions", UploadRoute, CaptionSearchResponse)
+async def search_captions_upload(
+    form: Annotated[CaptionUploadForm, Form(media_type=MULTIPART)],
+    service: ServiceDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+):
+    """Uploaded image -> the k best captions."""
+    loaded = service.current
+    check_options(form, settings, loaded)
+    image = await _decode_upload(form.file, settings, service)
+    return await _search_captions({"image": image}, form, loaded, service, metrics)
+
+
+@_post("/search/captions", JsonRoute, CaptionSearchResponse)
 async def search_captions(
-    request: Request, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+    body: CaptionSearchRequest, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
 ):
     """Image -> the k best captions. JSON `{"image_id": ...}` for a gallery image, or a
     multipart upload (`file`: JPEG, PNG or WebP, plus the same options as form fields)."""
-    fields, upload = await parse_body(request, settings)
     loaded = service.current
-    if upload is None:
-        options = _validated(CaptionSearchRequest, fields)
-        query: dict[str, Any] = {"image_id": options.image_id}
-    else:
-        options = _validated(SearchOptions, fields)
-        query = {"image": await _decode_upload(upload, settings, service)}
-    check_options(options, settings, loaded)
+    check_options(body, settings, loaded)
+    return await _search_captions({"image_id": body.image_id}, body, loaded, service, metrics)
+
+
+async def _search_captions(query: dict[str, Any], options: SearchOptions, loaded: Loaded,
+                           service: SearchService, metrics: Metrics) -> dict[str, Any]:  # fmt: skip
     result = await service.executor.run(
         loaded.searcher.search_captions, **query, **_search_options(options)
     )
@@ -113,31 +104,25 @@ async def search_captions(
     return result
 
 
-@router.post(
-    "/score",
-    response_model=ScoreResponse,
-    openapi_extra=_body_schema(
-        ScoreRequest, {"text": {"type": "string", "minLength": 1}}, ["text"]
-    ),
-)
-async def score(request: Request, service: ServiceDep, settings: SettingsDep):
+@_post("/score", UploadRoute, ScoreResponse)
+async def score_upload(
+    form: Annotated[ScoreUploadForm, Form(media_type=MULTIPART)],
+    service: ServiceDep,
+    settings: SettingsDep,
+):
+    """The exact CHAN score of one `text` and an uploaded image."""
+    check_text(form.text, settings)
+    image = await _decode_upload(form.file, settings, service)
+    return await service.executor.run(service.current.searcher.score, form.text, image=image)
+
+
+@_post("/score", JsonRoute, ScoreResponse)
+async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep):
     """The exact CHAN score of one text and one image (gallery `image_id` in JSON, or an
     uploaded `file` with a `text` field), with the word -> region alignment."""
-    fields, upload = await parse_body(request, settings)
-    loaded = service.current
-    if upload is None:
-        body = _validated(ScoreRequest, fields)
-        text, query = body.text, {"image_id": body.image_id}
-    else:
-        text = fields.get("text")
-        if not isinstance(text, str) or not text:
-            raise ApiError(422, "invalid_request", "text: a non-empty form field is required")
-        extra = set(fields) - {"text"}
-        if extra:
-            raise ApiError(422, "invalid_request", f"unknown form fields: {sorted(extra)}")
-        query = {"image": await _decode_upload(upload, settings, service)}
-    check_text(text, settings)
-    return await service.executor.run(loaded.searcher.score, text, **query)
+    check_text(body.text, settings)
+    searcher = service.current.searcher
+    return await service.executor.run(searcher.score, body.text, image_id=body.image_id)
 
 
 def _search_options(options: SearchOptions) -> dict[str, Any]:
@@ -145,14 +130,7 @@ def _search_options(options: SearchOptions) -> dict[str, Any]:
     return options.model_dump(include=set(SearchOptions.model_fields))
 
 
-def _validated(model, fields: dict[str, Any]):
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", describe_validation(exc.errors())) from None
-
-
-async def _decode_upload(upload, settings: Settings, service) -> Any:
+async def _decode_upload(upload: Any, settings: Settings, service: SearchService) -> Any:
     """Upload -> RGB PIL image, decoded in the executor (decoding is CPU work), with the
     pixel limit checked from the header before any pixel is decoded."""
     data = await read_upload(upload, settings)
@@ -162,8 +140,8 @@ async def _decode_upload(upload, settings: Settings, service) -> Any:
     except Image.DecompressionBombError:
         kind = None  # let load_image name the pixel limit
         load_image(data, settings.max_image_pixels)
-    except (UnidentifiedImageError, OSError):
-        kind = None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        kind = None  # Pillow's header parsers: a truncated PNG header is a ValueError
     if kind not in UPLOAD_FORMATS:
         raise ImageError("file: not a JPEG, PNG or WebP image")
     return await service.executor.run(load_image, data, settings.max_image_pixels)

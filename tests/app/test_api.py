@@ -23,7 +23,7 @@ def test_text_search_returns_ranked_images_with_urls(client, gallery):
     assert response.headers["x-request-id"]
     # the same query through the searcher directly gives the same ranking and scores
     direct = Searcher.open(gallery / "idx", gallery / "ckpt").search_images("a red circle", k=5)
-    assert [h["image_id"] for h in direct["hits"]] == [h["image_id"] for h in hits]
+    assert [h.image_id for h in direct.hits] == [h["image_id"] for h in hits]
 
 
 def test_explain_gives_one_region_per_query_word(client):

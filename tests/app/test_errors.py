@@ -6,6 +6,9 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import ApiError
+from index_builder.errors import QueryError, UnknownIdError
+from model.features.images import ImageError
 from tests.app.conftest import make_client
 
 
@@ -82,3 +85,53 @@ def test_an_exception_outside_the_middleware_is_still_json(gallery):
         "message": "internal error: the server logged it under request id outer",
         "request_id": "outer",
     }
+
+
+@pytest.fixture()
+def planted(gallery):
+    """A served app whose text search raises what `planted.planted_error` holds."""
+    with make_client(gallery) as client:
+        searcher = client.app.state.service.current.searcher
+
+        def fail(*_args, **_kwargs):
+            raise client.planted_error
+
+        searcher.search_images = fail
+        yield client
+
+
+def test_a_plain_value_error_is_a_bug_not_a_400(planted, caplog):
+    """Only the project's own error types are client errors: a ValueError from anywhere
+    else reaches the 500 net, logged once with its request id."""
+    planted.planted_error = ValueError("planted programming error")
+    response = planted.post(
+        "/v1/search/images", json={"text": "a red circle"}, headers={"X-Request-ID": "req-v"}
+    )
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == {
+        "code": "internal",
+        "message": "internal error: the server logged it under request id req-v",
+        "request_id": "req-v",
+    }
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1 and logged[0].request_id == "req-v"
+    assert isinstance(logged[0].exc_info[1], ValueError)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (QueryError("k must lie in [1, 100], got 0"), 400, "bad_request"),
+        (ImageError("q.png: corrupt or truncated image"), 400, "bad_image"),
+        (UnknownIdError("image id 'x' is not in the index"), 404, "unknown_id"),
+        (ApiError(409, "conflict", "planted"), 409, "conflict"),
+    ],
+    ids=["QueryError", "ImageError", "UnknownIdError", "ApiError"],
+)
+def test_the_project_error_types_are_client_errors(planted, error, status, code):
+    planted.planted_error = error
+    response = planted.post("/v1/search/images", json={"text": "a red circle"})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"] == str(error)
