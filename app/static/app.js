@@ -1,10 +1,9 @@
 // Single-page UI for the CHAN retrieval service: text -> images, image -> captions,
 // and per-word region alignment drawn over the images.
 
-const PALETTE = [
-  '#d62728', '#1f77b4', '#2ca02c', '#ff7f0e', '#9467bd',
-  '#e377c2', '#8c564b', '#17becf', '#bcbd22', '#7f7f7f',
-];
+import { normBox, renderAlignment } from './alignment.js';
+import { api, el, fixed, isNum, pct, plural, setStatus, showTimings } from './dom.js';
+
 const ACCEPTED_TYPES = ['image/jpeg', 'image/png', 'image/webp'];
 
 const $ = (id) => document.getElementById(id);
@@ -24,91 +23,9 @@ const ui = {
   alignLegend: $('alignment-legend'), alignMeta: $('alignment-meta'), captionsForImage: $('captions-for-image'),
 };
 
-// ---------- small helpers ----------
-
-/** Create an element; strings become text nodes, never markup. */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value == null || value === false) continue;
-    if (key === 'text') node.textContent = String(value);
-    else if (key === 'class') node.className = value;
-    else if (key === 'style') for (const [p, v] of Object.entries(value)) node.style.setProperty(p, v);
-    else node.setAttribute(key, value === true ? '' : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child != null && child !== false) node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
-
-const isNum = (v) => typeof v === 'number' && Number.isFinite(v);
-const fixed = (v, digits = 3) => (isNum(v) ? v.toFixed(digits) : '—');
-const plural = (n, word) => `${Math.round(n).toLocaleString('en-US')} ${word}${n === 1 ? '' : 's'}`;
-const pct = (v) => `${(v * 100).toFixed(3)}%`;
-
 function showError(message) {
   ui.error.textContent = message || '';
   ui.error.hidden = !message;
-}
-
-function setStatus(node, text, busy = false) {
-  node.replaceChildren(busy ? el('span', { class: 'spinner', 'aria-hidden': 'true' }) : '', text || '');
-  node.hidden = !text;
-}
-
-function timingText(data) {
-  const parts = Object.entries(data.timings_ms || {})
-    .filter(([, v]) => isNum(v))
-    .map(([k, v]) => `${k.replace(/_ms$/, '').replace(/_/g, ' ')} ${v.toFixed(1)} ms`);
-  if (isNum(data.candidates)) parts.push(plural(data.candidates, 'candidate'));
-  if (typeof data.exhaustive === 'boolean') parts.push(data.exhaustive ? 'exhaustive' : 'shortlisted');
-  return parts.join(' · ');
-}
-
-function showTimings(node, data) {
-  node.textContent = timingText(data);
-  node.hidden = !node.textContent;
-}
-
-/** Ask for the API key once a route answers 401; the cookie also authorises thumbnails. */
-function askForApiKey() {
-  const key = window.prompt('This service needs an API key:');
-  if (!key) return false;
-  document.cookie = `chan_api_key=${encodeURIComponent(key.trim())}; path=/; SameSite=Strict`;
-  return true;
-}
-
-/** Fetch JSON; failures throw an Error whose message is fit to show the user. */
-async function api(path, options = {}, retried = false) {
-  const { method = 'GET', json, form, signal } = options;
-  const init = { method, signal, headers: { Accept: 'application/json' } };
-  if (json !== undefined) {
-    init.body = JSON.stringify(json);
-    init.headers['Content-Type'] = 'application/json';
-  } else if (form) {
-    init.body = form;
-  }
-  let res;
-  try {
-    res = await fetch(path, init);
-  } catch (err) {
-    if (err?.name === 'AbortError') throw err;
-    throw new Error('Network error: the server could not be reached.');
-  }
-  let body = null;
-  try {
-    body = await res.json();
-  } catch (err) {
-    if (err?.name === 'AbortError') throw err;
-  }
-  if (res.status === 401 && !retried && askForApiKey()) return api(path, options, true);
-  if (!res.ok) {
-    const msg = body?.error?.message;
-    throw new Error(typeof msg === 'string' && msg ? msg : `Request failed (HTTP ${res.status}).`);
-  }
-  if (!body || typeof body !== 'object') throw new Error('The server sent an unreadable response.');
-  return body;
 }
 
 /** One search at a time per results area: a new search aborts the previous one. */
@@ -137,78 +54,6 @@ function searchChannel(container, status, reveal = container) {
       }
     }
   };
-}
-
-// ---------- region alignment ----------
-
-function normBox(box) {
-  if (!Array.isArray(box) || box.length !== 4 || !box.every(isNum)) return null;
-  const [a, b, c, d] = box.map((v) => Math.min(1, Math.max(0, v)));
-  return [Math.min(a, c), Math.min(b, d), Math.max(a, c), Math.max(b, d)];
-}
-
-/** Group explain entries by matched region: one box per distinct region, one colour per box. */
-function groupByRegion(explain) {
-  const groups = new Map();
-  const entries = (Array.isArray(explain) ? explain : []).map((entry) => {
-    const box = normBox(entry?.box);
-    if (!box) return { entry, group: null };
-    const key = isNum(entry.region) ? `r${entry.region}` : `b${box.join(',')}`;
-    let group = groups.get(key);
-    if (!group) {
-      group = { key, box, region: entry.region, color: PALETTE[groups.size % PALETTE.length], words: [] };
-      groups.set(key, group);
-    }
-    group.words.push(String(entry.token ?? ''));
-    return { entry, group };
-  });
-  return { groups: [...groups.values()], entries };
-}
-
-function highlight(overlay, legend, key) {
-  overlay.classList.toggle('has-active', key != null);
-  for (const node of overlay.children) node.classList.toggle('active', node.dataset.key === key);
-  for (const node of legend.children) node.classList.toggle('active', key != null && node.dataset.key === key);
-}
-
-/** Draw the matched regions into `overlay` (positions in % of the image) and fill `legend`. */
-function renderAlignment(overlay, legend, explain, ids) {
-  const { groups, entries } = groupByRegion(explain);
-  const hover = (key) => () => highlight(overlay, legend, key);
-  overlay.classList.remove('has-active');
-  overlay.replaceChildren(...groups.map((g) => {
-    const [x0, y0, x1, y1] = g.box;
-    const words = g.words.join(', ');
-    const box = el('div', {
-      class: 'region-box', 'data-testid': ids.box, 'data-key': g.key, 'data-region': g.region,
-      'data-words': words, title: words,
-      style: { left: pct(x0), top: pct(y0), width: pct(x1 - x0), height: pct(y1 - y0), '--c': g.color },
-    }, el('span', { class: 'region-label', text: words }));
-    box.addEventListener('mouseenter', hover(g.key));
-    box.addEventListener('mouseleave', hover(null));
-    return box;
-  }));
-  if (!entries.length) {
-    legend.replaceChildren(el('li', { class: 'legend-empty', text: 'No word alignment returned.' }));
-    return;
-  }
-  legend.replaceChildren(...entries.map(({ entry, group }) => {
-    const token = String(entry?.token ?? '');
-    const item = el('li', {
-      class: group ? 'legend-item' : 'legend-item no-box', tabindex: 0,
-      'data-testid': ids.legend, 'data-key': group?.key, 'data-token': token,
-      'aria-label': `${token}: similarity ${fixed(entry?.similarity)}${group ? '' : ', no region box'}`,
-      style: group ? { '--c': group.color } : null,
-    },
-    el('span', { class: 'swatch', 'aria-hidden': 'true' }),
-    el('span', { class: 'word', text: token }),
-    el('span', { class: 'sim', text: fixed(entry?.similarity) }));
-    if (group) {
-      for (const type of ['mouseenter', 'focus']) item.addEventListener(type, hover(group.key));
-      for (const type of ['mouseleave', 'blur']) item.addEventListener(type, hover(null));
-    }
-    return item;
-  }));
 }
 
 // ---------- text -> images ----------
