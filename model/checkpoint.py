@@ -1,8 +1,9 @@
 """The own checkpoint format: a directory with config.json, model.safetensors and the
 vocabulary (vocab.json) or the BERT config + tokenizer (text_encoder/).
 
-Writes go to a temporary sibling directory that is renamed into place when complete.
-Loading reads JSON and safetensors only: nothing is unpickled.
+Writes go to a temporary sibling directory that replaces the checkpoint in one atomic
+step when complete (model.io.staged_dir). Loading reads JSON and safetensors only:
+nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -25,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from model.chan import CHANModel
 from model.config import ModelConfig
+from model.io import staged_dir
 from model.vocab import BertTokenizer, CaptionTokenizer, VocabTokenizer, Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -87,9 +86,7 @@ def save_checkpoint(
         raise ValueError("a BERT checkpoint needs its tokenizer")
     if vocab is not None and len(vocab) != config.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} words, the model {config.vocab_size}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with staged_dir(out_dir) as tmp:  # replaces out_dir when complete
         tokenizer_entry = _write_text_side(model, tmp, vocab, bert_tokenizer)
         if config.text_encoder == "bert":
             config = config.replace(bert_dir=TEXT_DIR)
@@ -105,10 +102,6 @@ def save_checkpoint(
             "versions": code_versions(),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("checkpoint written to %s", out_dir)
     return out_dir
 
@@ -123,17 +116,6 @@ def _write_text_side(
     model.text_encoder.bert.config.save_pretrained(str(text_dir))
     bert_tokenizer.save(text_dir)
     return {"kind": "bert", "path": TEXT_DIR}
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` onto `target`; an existing target is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:

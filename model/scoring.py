@@ -1,4 +1,4 @@
-"""Image-caption similarity: CHAN hard assignment, SCAN soft attention, word poolings.
+"""Image-caption similarity: CHAN hard assignment, SCAN soft attention, global vectors.
 
 An image is K region vectors (B_img, K, d) with a count of valid regions per image; a
 caption is L word vectors (B_cap, L, d) with a count of valid words. Hard assignment
@@ -11,7 +11,8 @@ It is computed as one matrix product per chunk, (all regions of a chunk of image
 (all valid words of a chunk of captions), then a max over regions and the pooling.
 Padded word slots are never multiplied: captions are flattened to their valid words.
 Padded region slots are overwritten with a copy of the image's first region, which can
-never change a max, so the product needs no mask and no masked_fill pass.
+never change a max, so the product needs no mask and no masked_fill pass. The pooling
+itself (lse, mean, max, sum) lives in model.pooling.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from model.pooling import pool_segments
 
 logger = logging.getLogger(__name__)
 
@@ -112,37 +115,6 @@ class FlatWords:
         return FlatWords(self.vectors[lo:hi], self.offsets[start : stop + 1] - lo)
 
 
-def pool_words(sims: torch.Tensor, offsets: torch.Tensor, matching: Matching) -> torch.Tensor:
-    """Pool per-word similarities over each caption's words.
-
-    sims: (B_img, W) one value per (image, flat word); offsets: (B_cap + 1,).
-    Returns (B_img, B_cap).
-    """
-    lens = offsets[1:] - offsets[:-1]
-    if matching.pooling == "sum":
-        return _to_padded(sims, offsets, 0.0).sum(-1)
-    if matching.pooling == "mean":
-        return _to_padded(sims, offsets, 0.0).sum(-1) / lens.to(sims.dtype)
-    padded = _to_padded(sims, offsets, float("-inf"))
-    if matching.pooling == "max":
-        return padded.amax(-1)
-    if matching.pooling == "lse":
-        return torch.logsumexp(padded / matching.pooling_temperature, dim=-1)
-    raise ValueError(f"unknown pooling {matching.pooling!r}")
-
-
-def _to_padded(sims: torch.Tensor, offsets: torch.Tensor, fill: float) -> torch.Tensor:
-    """(B, W) flat -> (B, B_cap, L_max), padded word slots holding `fill`."""
-    lens = offsets[1:] - offsets[:-1]
-    max_len = int(lens.max())
-    steps = torch.arange(max_len, device=sims.device)
-    valid = steps[None, :] < lens[:, None]
-    sentinel = sims.shape[1]  # index of the fill column appended below
-    positions = torch.where(valid, offsets[:-1, None] + steps[None, :], sentinel)
-    extended = F.pad(sims, (0, 1), value=fill)
-    return extended[:, positions]
-
-
 def hard_assignment(regions: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """Best region per word: regions (B, K, d) with padding filled, words (W, d) -> (B, W)."""
     batch, slots, dim = regions.shape
@@ -205,7 +177,7 @@ def score_block(
         ).to(out_dtype)
     else:
         raise ValueError(f"unknown coding {matching.coding!r}")
-    return pool_words(per_word, flat.offsets, matching)
+    return pool_segments(per_word, flat.offsets, matching)
 
 
 def bytes_per_word_pair(slots: int, dim: int, coding: str, element_bytes: int = 4) -> int:
@@ -399,21 +371,4 @@ def score_image_query(
         if compute_dtype is not None:
             left = left.to(compute_dtype)
         best[start : start + rows_per_chunk] = (left @ right.T).amax(dim=1)
-    return pool_flat(best, words.offsets, matching)
-
-
-def pool_flat(values: torch.Tensor, offsets: torch.Tensor, matching: Matching) -> torch.Tensor:
-    """Per-word values (W,) of captions bounded by offsets -> (n_captions,) pooled."""
-    lens = offsets[1:] - offsets[:-1]
-    owner = torch.repeat_interleave(torch.arange(len(lens), device=values.device), lens)
-    if matching.pooling in ("max", "lse"):
-        scale = 1.0 if matching.pooling == "max" else 1.0 / matching.pooling_temperature
-        top = torch.full((len(lens),), float("-inf"), dtype=values.dtype, device=values.device)
-        top = top.scatter_reduce(0, owner, values * scale, reduce="amax")
-        if matching.pooling == "max":
-            return top
-        sums = torch.zeros_like(top).index_add(0, owner, torch.exp(values * scale - top[owner]))
-        return torch.log(sums) + top  # logsumexp, stabilised by each caption's max
-    sums = torch.zeros(len(lens), dtype=values.dtype, device=values.device)
-    sums = sums.index_add(0, owner, values)
-    return sums / lens.to(values.dtype) if matching.pooling == "mean" else sums
+    return pool_segments(best, words.offsets, matching)

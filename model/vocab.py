@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +12,8 @@ from typing import Protocol
 
 import torch
 from nltk.tokenize import NLTKWordTokenizer
+
+from model.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +91,6 @@ class Vocabulary:
             "idx": len(self.idx2word),
         }
         atomic_write_text(Path(path), json.dumps(data, ensure_ascii=False))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CaptionTokenizer(Protocol):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.features.extract import RowWriter, preallocate_npy
+from model.io import RowWriter, preallocate_npy
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from index_builder.format import layout as fmt
 from index_builder.format.manifest import CENTROID_FILES, CODE_FILES, segment_files
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 from index_builder.format.quant import dequantize, quantize_int8
-from model.features.extract import RowWriter, preallocate_npy
-from model.vocab import atomic_write_text
+from model.io import RowWriter, atomic_write_text, preallocate_npy
 
 logger = logging.getLogger(__name__)
 

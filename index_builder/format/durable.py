@@ -13,27 +13,28 @@ Where the file system cannot exchange two entries, the old index is first rename
 the old index aside, and `recover()`, which every write command runs first, puts it
 back. `recover()` also removes what a killed command left: staged directories and old
 directories after an exchange (`.NAME.edit-PID`, `NAME.partial` without build state).
+
+The sync-and-exchange mechanism itself is model.io.replace_dir, shared with every other
+directory writer; this module keeps what is the index's own: its staged and aside names,
+recover() and leftovers(), link_tree() and the full-disk error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
 import shutil
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from model.io import fsync_dir, replace_dir
+
 logger = logging.getLogger(__name__)
 
-RENAME_EXCHANGE = 2  # linux/fs.h
-AT_FDCWD = -100
 BUILD_STATE = "state.json"  # a resumable build keeps its NAME.partial/ while it has one
-_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM}
 
 
 def staged_path(target: Path, purpose: str = "edit") -> Path:
@@ -41,25 +42,11 @@ def staged_path(target: Path, purpose: str = "edit") -> Path:
     return target.with_name(f".{target.name}.{purpose}-{os.getpid()}")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under root to disk (a SIGKILL cannot lose written
-    pages, but a power cut can: the exchange must not outrun the data)."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
+def commit_dir(staged: Path, target: Path) -> None:
+    """Make the complete directory `staged` the directory `target` in one atomic step
+    (model.io.replace_dir); without an exchange the old index waits at the aside name
+    that recover() restores from."""
+    replace_dir(staged, target, aside=staged_path(target, "old"))
 
 
 def link_tree(source: Path, staged: Path, skip: set[str]) -> None:
@@ -80,44 +67,6 @@ def link_tree(source: Path, staged: Path, skip: set[str]) -> None:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 shutil.copy2(src, dst)
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two directory entries atomically; False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    result = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in _UNSUPPORTED:
-        return False
-    raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def commit_dir(staged: Path, target: Path) -> None:
-    """Make the complete directory `staged` the directory `target` in one atomic step
-    (see the module docstring); the previous target is removed afterwards."""
-    parent = target.parent
-    fsync_tree(staged)
-    if not target.exists():
-        os.replace(staged, target)
-        fsync_dir(parent)
-        return
-    if exchange(staged, target):
-        fsync_dir(parent)
-        shutil.rmtree(staged)  # the old directory, now under the staged name
-        return
-    aside = staged_path(target, "old")
-    os.replace(target, aside)
-    fsync_dir(parent)
-    os.replace(staged, target)
-    fsync_dir(parent)
-    shutil.rmtree(aside)
 
 
 def leftovers(target: Path) -> list[Path]:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from model.features.extractors.base import RegionBatch, RegionExtractor
 from model.features.images import DEFAULT_MAX_PIXELS, ImageEntry, ImageError, load_image
-from model.vocab import atomic_write_text
+from model.io import RowWriter, atomic_write_text, load_state, preallocate_npy, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ class _Layout:
     def work(self, kind: str) -> Path:
         return self.work_dir / self.final(kind).name
 
+    @property
+    def state_file(self) -> Path:
+        return self.work_dir / "state.json"
+
 
 def extract_split(
     entries: list[ImageEntry],
@@ -101,7 +105,7 @@ def extract_split(
     state = _open_work(layout, entries, extractor, dtype, signature, restart)
     started = time.perf_counter()
     done_before = state["done"]
-    _run_batches(entries, extractor, layout, state, batch_size, max_pixels, progress)
+    _run_batches(entries, extractor, layout, signature, state, batch_size, max_pixels, progress)
     result = ExtractResult(split, len(entries), state["failed"])
     result.seconds = time.perf_counter() - started
     result.processed = len(entries) - done_before
@@ -147,15 +151,14 @@ def _open_work(
     restart: bool,
 ) -> dict[str, Any]:
     """Resume a compatible interrupted run, or preallocate fresh files."""
-    state_path = layout.work_dir / "state.json"
-    if state_path.exists() and not restart:
-        state = json.loads(state_path.read_text())
-        if state.get("signature") == signature:
+    if layout.state_file.exists() and not restart:
+        state = load_state(layout.state_file, signature)
+        if state is not None:
             logger.info("resuming %s at image %d of %d", layout.split, state["done"], len(entries))
             return state
         raise ValueError(
-            f"{layout.work_dir} holds an interrupted extraction of other inputs; pass "
-            "--restart to discard it"
+            f"{layout.work_dir} holds an interrupted extraction of other inputs (or an "
+            "unreadable state file); pass --restart to discard it"
         )
     shutil.rmtree(layout.work_dir, ignore_errors=True)
     layout.work_dir.mkdir(parents=True)
@@ -166,19 +169,16 @@ def _open_work(
         ("boxes", (n, k, 4), np.float32),
     ):
         preallocate_npy(layout.work(kind), shape, kind_dtype)
-    state = {"signature": signature, "done": 0, "failed": []}
-    _save_state(layout, state)
+    state = {"done": 0, "failed": []}
+    save_state(layout.state_file, signature, state)
     return state
-
-
-def _save_state(layout: _Layout, state: dict[str, Any]) -> None:
-    atomic_write_text(layout.work_dir / "state.json", json.dumps(state))
 
 
 def _run_batches(
     entries: list[ImageEntry],
     extractor: RegionExtractor,
     layout: _Layout,
+    signature: str,
     state: dict[str, Any],
     batch_size: int,
     max_pixels: int,
@@ -207,7 +207,7 @@ def _run_batches(
             for writer in writers.values():
                 writer.sync()
             state["done"] = start + len(loaded)
-            _save_state(layout, state)
+            save_state(layout.state_file, signature, state)
             bar.update(len(loaded))
     for writer in writers.values():
         writer.close()
@@ -313,40 +313,6 @@ def _check_output(batch: RegionBatch, n: int, k: int, d: int) -> None:
         )
     if batch.counts.shape != (n,) or batch.counts.min() < 1 or batch.counts.max() > k:
         raise RuntimeError(f"extractor returned region counts outside [1, {k}]")
-
-
-def preallocate_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
-    """A .npy file of `shape` whose rows RowWriter fills (sparse until written)."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    del array
-
-
-class RowWriter:
-    """Positioned writes of whole rows into a preallocated .npy file (no mapping, so
-    written pages do not accumulate in this process)."""
-
-    def __init__(self, path: Path) -> None:
-        array = np.load(path, mmap_mode="r")
-        self.offset, self.dtype = array.offset, array.dtype
-        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
-        del array
-        self.fd = os.open(path, os.O_WRONLY)
-
-    def write(self, start: int, rows: np.ndarray) -> None:
-        data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
-        os.pwrite(self.fd, data, self.offset + start * self.row_bytes)
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self) -> RowWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _finish(

@@ -10,6 +10,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from model.io import atomic_writer
+
 logger = logging.getLogger(__name__)
 
 PANELS = (  # title, [(record key, colour)]
@@ -27,9 +29,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     draw = ImageDraw.Draw(image)
     for index, (title, series) in enumerate(PANELS):
         _panel(draw, index * PANEL_W, title, series, epochs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_writer(path) as handle:
+        image.save(handle, format="PNG")
 
 
 def _panel(draw: ImageDraw.ImageDraw, left: int, title: str, series, records) -> None:

@@ -1,7 +1,8 @@
 """`chan train`: the training loop on precomp data.
 
 Reads top to bottom: configuration, the pieces (`build_*`), one epoch, validation and
-checkpoints, then `train()` which orchestrates them. Defaults follow the reference
+checkpoints, then `train()` which orchestrates them; the run directory's own files (the
+metrics log, the resume state) are run_dir.py's. Defaults follow the reference
 recipe (AdamW, lr 5e-4 decayed x0.1 at epoch 15 of 25, one warm-up epoch with the sum
 of violations then hardest negatives, margin 0.05, grad clip 2.0, region drop 0.2,
 caption token augmentation, BERT layers at lr x0.1).
@@ -14,7 +15,6 @@ negatives come from the global batch; only rank 0 validates, logs and writes fil
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -44,13 +44,10 @@ from model.training.distributed import (
 )
 from model.training.evaluate import evaluate
 from model.training.plot import plot_curves
+from model.training.run_dir import RunLog, load_run_state, prepare_run_dir, save_run_state
 from model.vocab import MASK, BertTokenizer, VocabTokenizer, Vocabulary, pad_ids
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.pt"
-LOG_FILE = "metrics.jsonl"
-
 
 # ----------------------------------------------------------------------------- config
 
@@ -235,47 +232,6 @@ class Encoders(torch.nn.Module):
         return self.model.encode_images(feats, counts), self.model.encode_texts(ids, lens)
 
 
-# ----------------------------------------------------------------------------- bookkeeping
-
-
-class RunLog:
-    """metrics.jsonl (one JSON object a line) and curves.png; rank 0 only."""
-
-    def __init__(self, out: Path, enabled: bool) -> None:
-        self.path, self.enabled = out / LOG_FILE, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def save_run_state(out: Path, optimizer, epoch: int, step: int, best: float) -> None:
-    state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best_rsum": best}
-    tmp = out / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / STATE_FILE)
-
-
-def load_run_state(out: Path, model: CHANModel, optimizer) -> tuple[int, int, float]:
-    """Weights from out/last, optimizer and counters from train_state.pt."""
-    from safetensors.torch import load_file
-
-    path = out / STATE_FILE
-    if not path.exists() or not (out / "last" / "model.safetensors").exists():
-        raise FileNotFoundError(f"--resume: {path} or {out}/last not found; train without --resume")
-    model.load_state_dict(load_file(str(out / "last" / "model.safetensors")))
-    state = torch.load(path, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    return state["epoch"], state["step"], state["best_rsum"]
-
-
 # ----------------------------------------------------------------------------- main loop
 
 
@@ -313,7 +269,7 @@ def _train(config: TrainConfig, ranks: Distributed) -> TrainResult:
     model = build_model(model_config, text).to(device)
     optimizer = build_optimizer(model, config)
     if ranks.main:
-        _prepare_out(out, config)
+        prepare_run_dir(out, dataclasses.asdict(config), config.resume)
     epoch, step, best = 0, 0, -1.0
     if config.resume:
         epoch, step, best = load_run_state(out, model, optimizer)
@@ -398,13 +354,6 @@ def _out_of_time(config: TrainConfig, started: float, ranks: Distributed) -> boo
 
 def _done(config: TrainConfig, step: int) -> bool:
     return config.max_steps is not None and step >= config.max_steps
-
-
-def _prepare_out(out: Path, config: TrainConfig) -> None:
-    if out.exists() and any(out.iterdir()) and not config.resume:
-        raise ValueError(f"run directory {out} is not empty; pass --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
 def _save(model, path, text, train_split, config, epoch, step, metrics) -> None:

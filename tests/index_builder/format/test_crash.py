@@ -4,9 +4,9 @@ or its top-level files, one run per mutation. After every kill the index must ex
 verify, and hold the old state or the new one; `recover` then removes what was left.
 
 The kill needs no hook in the product: the runner wraps os.replace / os.rename /
-os.unlink / os.remove / os.link / shutil.rmtree / shutil.copyfile (and the atomic
-exchange, where the code has one) and counts only calls that touch the index directory
-itself (its name, its siblings `NAME.*` / `.NAME.*`) or a file directly inside it.
+os.unlink / os.remove / os.link / shutil.rmtree / shutil.copyfile (and model.io's atomic
+exchange) and counts only calls that touch the index directory itself (its name, its
+siblings `NAME.*` / `.NAME.*`) or a file directly inside it.
 """
 
 import json
@@ -22,6 +22,7 @@ from index_builder.build.verify import verify_index
 from index_builder.format import durable
 from index_builder.format import layout as fmt
 from index_builder.format.metadata import MetadataStore
+from model import io as model_io
 from tests.index_builder.conftest import build
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -64,11 +65,9 @@ for name in ("replace", "rename", "unlink", "remove", "link"):
     wrap(os, name)
 for name in ("rmtree", "copyfile"):
     wrap(shutil, name)
-try:
-    from index_builder.format import durable
-    wrap(durable, "exchange")
-except ImportError:
-    pass
+from model import io as model_io
+
+wrap(model_io, "exchange")
 
 from app.cli import main
 
@@ -189,7 +188,7 @@ def test_commit_without_exchange_falls_back_to_two_renames(tmp_path, monkeypatch
     (target / "f").write_text("old")
     staged.mkdir()
     (staged / "f").write_text("new")
-    monkeypatch.setattr(durable, "exchange", lambda a, b: False)
+    monkeypatch.setattr(model_io, "exchange", lambda a, b: False)
     durable.commit_dir(staged, target)
     assert (target / "f").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
@@ -200,7 +199,7 @@ def test_commit_exchanges_in_one_step(tmp_path):
     for folder, text in ((target, "old"), (staged, "new")):
         folder.mkdir()
         (folder / "f").write_text(text)
-    assert durable.exchange(staged, target)  # this machine's file system supports it
+    assert model_io.exchange(staged, target)  # this machine's file system supports it
     assert (target / "f").read_text() == "new" and (staged / "f").read_text() == "old"
 
 

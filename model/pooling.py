@@ -1,0 +1,174 @@
+"""Word pooling: per-word values of a caption -> the caption's score (lse, mean, max, sum).
+
+Every caller pools through the one switch, `_pool`, over a reducer that says which
+entries form a segment (a caption):
+
+    lse   log sum_j w_j exp(v_j / t)   = logsumexp(v / t + log w), t = pooling_temperature
+    max   max of v_j over entries with w_j > 0
+    sum   sum_j w_j v_j
+    mean  sum / sum_j w_j               (the caption's word count when every w_j is 1)
+
+Weights default to 1; a weight n > 1 stands for n words of the same value (the
+shortlist's "every word not seen is worth `floor`"), a weight 0 for no word. Reducers:
+one segment along a dimension (plain reductions: the exact rerank's one-caption case),
+or entries owned by segments (one scatter / index_add pass: thousands of captions of a
+caption search, never a padded copy). Entry points:
+
+    pool_segments(values (..., W), offsets (m + 1,))       -> (..., m)  the model's scorer
+    pool_dense(values (L, N))                              -> (N,)      N items, L words each
+    pool_partial(values (H,), owner, hits, lengths, floor) -> (n,)      known words + floor
+
+Each takes torch tensors or numpy arrays (float32 or float64) and returns the same kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+
+from model.config import POOLINGS
+
+if TYPE_CHECKING:
+    from model.scoring import Matching
+
+logger = logging.getLogger(__name__)
+
+Values = TypeVar("Values", torch.Tensor, np.ndarray)
+
+
+@dataclass(frozen=True)
+class _Along:
+    """Every entry along `dim` belongs to one segment: plain reductions, kept dims."""
+
+    dim: int
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(self.dim, keepdim=True)
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(self.dim, keepdim=True)
+
+    def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
+        return per_segment  # broadcasts over the kept dim
+
+    def count(self, x: torch.Tensor) -> int:
+        return x.shape[self.dim]
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """Entry j of the last dim belongs to segment owner[j] (of `counts.numel()`)."""
+
+    owner: torch.Tensor  # (W,) int64
+    counts: torch.Tensor  # (n,) entries per segment
+
+    def _empty(self, x: torch.Tensor, fill: float) -> torch.Tensor:
+        return x.new_full((*x.shape[:-1], self.counts.numel()), fill)
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        index = self.owner.expand_as(x)
+        return self._empty(x, float("-inf")).scatter_reduce(-1, index, x, reduce="amax")
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return self._empty(x, 0.0).index_add(-1, self.owner, x)
+
+    def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
+        return per_segment.index_select(-1, self.owner)
+
+    def count(self, x: torch.Tensor) -> torch.Tensor:
+        return self.counts.to(x.dtype)
+
+
+def _pool(
+    values: torch.Tensor,
+    segments: _Along | _Owned,
+    matching: Matching,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one switch on `matching.pooling` (formulas: module docstring). weights: one
+    per entry of the pooled dim, broadcast over the others."""
+    pooling = matching.pooling
+    if pooling == "max":
+        if weights is not None:
+            values = values.masked_fill(weights <= 0, float("-inf"))
+        return segments.max(values)
+    if pooling == "lse":
+        logits = values / matching.pooling_temperature
+        if weights is not None:
+            logits = logits + torch.log(weights)  # log 0 = -inf: the entry adds nothing
+        # Shifting by each segment's max keeps exp finite; the result does not depend on
+        # the shift, so it takes no gradient. A segment that is all -inf shifts by 0.
+        shift = segments.max(logits.detach()).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        return torch.log(segments.sum(torch.exp(logits - segments.spread(shift)))) + shift
+    if pooling in ("sum", "mean"):
+        total = segments.sum(values if weights is None else values * weights)
+        if pooling == "sum":
+            return total
+        return total / (segments.count(values) if weights is None else segments.sum(weights))
+    raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+
+
+def pool_segments(values: Values, offsets: torch.Tensor | np.ndarray, matching: Matching) -> Values:
+    """Pool flat per-word values caption by caption.
+
+    values: (..., W), one value per word of captions laid end to end; offsets: (m + 1,)
+    ints, caption c owns entries offsets[c]:offsets[c+1] (entries past offsets[-1], such
+    as alignment rows, belong to no caption). Returns (..., m). One caption is a plain
+    reduction over the last dim; several are one scatter pass over the entries.
+    """
+    tensor = _as_tensor(values)
+    offsets = torch.as_tensor(offsets, device=tensor.device)
+    start, stop = int(offsets[0]), int(offsets[-1])
+    tensor = tensor[..., start:stop]
+    if offsets.numel() == 2:
+        return _like(values, _pool(tensor, _Along(-1), matching))
+    counts = offsets[1:] - offsets[:-1]
+    segment = torch.arange(counts.numel(), device=tensor.device)
+    owner = torch.repeat_interleave(segment, counts, output_size=stop - start)  # no 2nd sync
+    return _like(values, _pool(tensor, _Owned(owner, counts), matching))
+
+
+def pool_dense(values: Values, matching: Matching) -> Values:
+    """values: (L, N), the L query words' values for each of N items -> (N,) pooled."""
+    tensor = _as_tensor(values)
+    return _like(values, _pool(tensor, _Along(0), matching).squeeze(0))
+
+
+def pool_partial(
+    values: Values,
+    owner: torch.Tensor | np.ndarray,
+    hits: torch.Tensor | np.ndarray,
+    lengths: torch.Tensor | np.ndarray,
+    floor: float,
+    matching: Matching,
+) -> Values:
+    """Pooled score per item when only some word values are known.
+
+    values: (H,) known values, owner: (H,) the item of each (in [0, n)), hits: (n,) known
+    values per item, lengths: (n,) words per item; each item's lengths - hits other words
+    are worth `floor`. Returns (n,). The same as pooling every word with the missing ones
+    filled in, without building that array: each item gets one extra entry, `floor`,
+    weighted by its number of missing words.
+    """
+    tensor = _as_tensor(values)
+    owner, hits, lengths = (
+        torch.as_tensor(a, device=tensor.device) for a in (owner, hits, lengths)
+    )
+    items = lengths.numel()
+    entries = torch.cat([tensor, tensor.new_full((items,), floor)])
+    owners = torch.cat([owner.to(torch.int64), torch.arange(items, device=tensor.device)])
+    weights = torch.cat([torch.ones_like(tensor), (lengths - hits).to(tensor.dtype)])
+    return _like(values, _pool(entries, _Owned(owners, lengths), matching, weights))
+
+
+def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+
+
+def _like(values: Values, result: torch.Tensor) -> Values:
+    """The result in the kind of array the caller passed."""
+    return result if isinstance(values, torch.Tensor) else result.numpy()
