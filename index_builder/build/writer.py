@@ -26,7 +26,7 @@ from index_builder.format import layout as fmt
 from index_builder.format.manifest import CENTROID_FILES, CODE_FILES, segment_files
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 from index_builder.format.quant import dequantize, quantize_int8
-from model.io import RowWriter, atomic_write_text, preallocate_npy
+from model.io import RowWriter, load_state, preallocate_npy, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +95,17 @@ class IndexWriter:
         return digest.hexdigest()
 
     def _open_state(self) -> dict[str, Any]:
-        state_path = self.work / "state.json"
-        signature = self._signature()
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
-            if state.get("signature") == signature:
-                logger.info(
-                    "resuming the build in %s (%d images, %d captions written)",
-                    self.work,
-                    state["images_done"],
-                    state["captions_done"],
-                )
-                return state
-            logger.warning("%s holds a build of other inputs; starting over", self.work)
+        """The rows written by an interrupted build of the same inputs, else a fresh start."""
+        self.signature = self._signature()
+        state = load_state(self.work / durable.BUILD_STATE, self.signature)
+        if state is not None:
+            logger.info("resuming the build in %s (%d images, %d captions written)",
+                        self.work, state["images_done"], state["captions_done"])  # fmt: skip
+            return state
         shutil.rmtree(self.work, ignore_errors=True)
         self.seg.mkdir(parents=True)
         self._preallocate()
-        state = {"signature": signature, "images_done": 0, "captions_done": 0}
+        state = {"images_done": 0, "captions_done": 0}
         self._save_state(state)
         return state
 
@@ -136,7 +130,7 @@ class IndexWriter:
         np.save(self.seg / "region_owner.npy", np.repeat(np.arange(n, dtype=np.int64), self.counts))
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.work / "state.json", json.dumps(state))
+        save_state(self.work / durable.BUILD_STATE, self.signature, state)
 
     @property
     def images_done(self) -> int:
@@ -209,7 +203,7 @@ class IndexWriter:
         if measure_recall is not None:
             manifest["recall"] = measure_recall(self.work)
             fmt.write_manifest(self.work, manifest)
-        (self.work / "state.json").unlink()
+        (self.work / durable.BUILD_STATE).unlink()
         durable.commit_dir(self.work, self.out)  # one atomic step; see durable.py
         logger.info("index written to %s", self.out)
         return self.out

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 
 from index_builder.format import manifest as manifest_schema
 from index_builder.format.manifest import CODE_FILES
+from model.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest with its own checksum (checked against the schema first)."""
     sealed = manifest_schema.seal(manifest)
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(sealed, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_text(directory / MANIFEST, json.dumps(sealed, indent=2) + "\n")
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
