@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from model.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -147,9 +149,8 @@ def _run_verify(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         raise  # one line from `chan`: IndexFormatError is a ValueError
     except Exception as exc:  # never a traceback: whatever broke, say which index and how
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise IndexFormatError(f"{args.index} could not be verified ({type(exc).__name__}: "
-                               f"{first}); rebuild the index") from exc  # fmt: skip
+                               f"{first_line(exc)}); rebuild the index") from exc  # fmt: skip
     for line in checks:
         print(f"ok  {line}")
     print(f"{args.index}: verified")

@@ -16,6 +16,7 @@ from app.deps import MetricsDep, ServiceDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import ERROR_RESPONSES
 from app.service import Loaded
+from model.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,8 @@ async def reload(
     except Exception as exc:  # whatever the new index did wrong, the old one keeps serving
         if not isinstance(exc, OSError | ValueError):
             logger.exception("reload of %s failed unexpectedly", body.index)
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ApiError(
-            409, "reload_failed", f"still serving the previous index: {message}"
+            409, "reload_failed", f"still serving the previous index: {first_line(exc)}"
         ) from None
     return {"reloaded": True, "index": str(loaded.index_path),
             "load_seconds": loaded.load_seconds}  # fmt: skip

@@ -60,24 +60,24 @@ class TrainConfig:
     out: str  # run directory: best/, last/, metrics.jsonl, curves.png, train_state.pt
     model: str = "demo"  # name in MODEL_CONFIGS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"coding": "soft"}
-    train_split: str = "train"
-    val_split: str = "dev"
+    train_split: str = "train"  # split the model trains on ({split}_ims.npy, _caps.txt)
+    val_split: str = "dev"  # split validated after every epoch (best/ is kept by its rsum)
     val_images: int | None = 1000  # validate on the first N dev images (None: all)
-    epochs: int = 25
+    epochs: int = 25  # passes over the training split
     batch_size: int = 128  # global batch: split over ranks when distributed
-    lr: float = 5e-4
+    lr: float = 5e-4  # AdamW learning rate of the non-BERT parameters
     lr_decay_epochs: tuple[int, ...] = (15,)  # multiply lr by lr_decay at these epochs
-    lr_decay: float = 0.1
+    lr_decay: float = 0.1  # factor applied at each lr_decay_epochs epoch
     weight_decay: float | None = None  # None: 0.01 (AdamW default) for BiGRU, 1e-4 for BERT
     bert_lr_factor: float = 0.1  # BERT layers train at lr x this
-    margin: float = 0.05
+    margin: float = 0.05  # hinge triplet loss margin
     warmup_epochs: int = 1  # epochs with the sum of violations before hardest negatives
-    grad_clip: float = 2.0
-    region_drop: float = 0.2
+    grad_clip: float = 2.0  # max gradient norm (0 turns clipping off)
+    region_drop: float = 0.2  # each region dropped with this probability (augmentation)
     token_prob: float = 0.2  # caption augmentation; 0 turns it off
     vocab: str | None = None  # existing vocab json (BiGRU); default: built from train captions
     vocab_threshold: int = 4  # min count of a word in train captions to enter the vocab
-    seed: int = 0
+    seed: int = 0  # model initialisation and, per epoch, data order and augmentation
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast when on CUDA (ignored on CPU)
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)

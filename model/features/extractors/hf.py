@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from model.errors import first_line
 from model.features.extractors.base import ExtractorSpec, RegionBatch, hash_weights, register
 from model.features.extractors.preprocess import (
     PREPROCESSOR_FILE,
@@ -298,9 +299,8 @@ def load_image_model(auto_class: str, path: Path, kind: str, allow_text: bool = 
     try:
         model = loader.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (ValueError, KeyError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"{path}: the {kind} extractor cannot load it as {auto_class}: {first}"
+            f"{path}: the {kind} extractor cannot load it as {auto_class}: {first_line(err)}"
         ) from err
     image_input = getattr(model, "main_input_name", None) == "pixel_values"
     if not image_input and not (allow_text and hasattr(model, "vision_model")):
