@@ -126,8 +126,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "verify",
         help="check checksums, counts and consistency",
-        description="Recompute every file's sha256, and check that array shapes, FAISS "
-        "sizes, metadata rows and ids agree with each other and with the manifest.",
+        description="Recompute every file's sha256, and check that array shapes, cell "
+        "centroids and codes, metadata rows and ids agree with each other and with the manifest.",
     )
     parser.add_argument("index", type=Path)
     parser.add_argument("--checkpoint", type=Path, help="also check it built the index")
@@ -193,7 +193,7 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
         "add",
         help="add images and/or captions (encoded with the index's checkpoint)",
         description="New rows are encoded; existing ones are copied from their stored "
-        "embeddings (tombstoned rows are dropped) and the FAISS indexes are rebuilt.",
+        "embeddings (tombstoned rows are dropped) and the k-means cells are retrained.",
     )
     parser.add_argument("index", type=Path)
     parser.add_argument("--checkpoint", type=Path, required=True, help="the index's checkpoint")

@@ -101,7 +101,7 @@ async def _search_captions(query: dict[str, Any], options: SearchOptions, loaded
         loaded.searcher.search_captions, **query, **_search_options(options)
     )
     metrics.observe_search("image_to_text", result)
-    return result
+    return as_json(result)
 
 
 @_post("/score", UploadRoute, ScoreResponse)

@@ -53,8 +53,8 @@ REWRITE_BATCH = 512  # rows copied per step when an index is rewritten
 
 def compact_index(index_path: Path, recall_queries: int = 100, progress=None) -> dict[str, int]:
     """Drop tombstoned rows: the stored embeddings of live rows are copied (never
-    re-encoded) into a fresh index that replaces this one; FAISS is retrained for the
-    new size. Returns how many images and captions were removed."""
+    re-encoded) into a fresh index that replaces this one; the cells are retrained for
+    the new size. Returns how many images and captions were removed."""
     durable.recover(index_path)
     return _rewrite(index_path, None, recall_queries, progress)
 

@@ -122,7 +122,7 @@ class DiskFull(OSError):
 @contextlib.contextmanager
 def disk_full_reported(target: Path) -> Iterator[None]:
     """Turn the several forms a full disk takes (OSError ENOSPC or EDQUOT, SQLite's
-    "database or disk is full", FAISS's write error) into one DiskFull that says where."""
+    "database or disk is full") into one DiskFull that says where."""
     try:
         yield
     except DiskFull:
@@ -136,9 +136,7 @@ def disk_full_reported(target: Path) -> Iterator[None]:
 def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.OperationalError):
-        return "full" in str(exc)
-    return isinstance(exc, RuntimeError) and "No space left" in str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
 def _full_message(target: Path, exc: BaseException) -> str:
