@@ -6,10 +6,12 @@ centroid. The searcher uses cells twice (see search/vectors.py): inverted lists
 (candidate generation, sublinear in the gallery), and centroid similarities approximate
 every vector of a candidate (centroid interaction) before the exact rerank.
 
-Training and assignment are bf16 matrix products in torch: on this class of CPU they run
-at about 270 GFLOP/s against 160 for fp32 (and faiss's k-means), and a cell only needs
-to be roughly right: the rerank is exact. Assigning 3.6M vectors of d=1024 to 4,096
-cells is about 30 TFLOP, two minutes on 2 cores."""
+Training and assignment are matrix products in torch, in bf16 where the CPU multiplies
+bf16 natively (AVX512-BF16 or AMX: about 270 GFLOP/s against 160 for fp32 on a Zen 4
+EPYC) and in fp32 elsewhere: without those instructions torch emulates bf16 products at
+a tenth of fp32's speed or less (11 against 100 GFLOP/s measured on an AVX2-only EPYC).
+A cell only needs to be roughly right: the rerank is exact. Assigning 3.6M vectors of
+d=1024 to 4,096 cells is about 30 TFLOP: two minutes on 2 cores in native bf16."""
 
 from __future__ import annotations
 
@@ -45,6 +47,15 @@ MIN_POINTS_PER_CELL = 39  # fewer training points per centroid make unreliable c
 Fetch = Callable[[np.ndarray], np.ndarray]  # positions -> (n, d) float32 vectors
 
 
+def product_dtype() -> torch.dtype:
+    """The dtype of the k-means products on this CPU (see the module docstring)."""
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return torch.bfloat16 if native else torch.float32
+
+
 def cell_count(n_vectors: int) -> int:
     """Cells for a side of n_vectors: 0 (exact scan) up to EXACT_MAX_VECTORS, else about
     CELLS_PER_SQRT_N * sqrt(n) rounded to a power of two in [MIN_CELLS, MAX_CELLS], and
@@ -66,7 +77,7 @@ def train_centroids(
         raise ValueError(f"{cells} cells need at least as many vectors ({len(vectors)})")
     rng = np.random.default_rng(seed)
     points = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
-    low = points.to(torch.bfloat16)
+    low = points.to(product_dtype())
     centroids = points[torch.from_numpy(seed_centroids(low, cells, rng))].clone()
     for _ in tqdm(range(iterations), desc=f"k-means ({cells} cells)", disable=_quiet(progress)):
         assign = nearest_cells(low, centroids)
@@ -110,11 +121,13 @@ def seed_centroids(points: torch.Tensor, cells: int, rng: np.random.Generator) -
 
 
 def nearest_cells(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the most similar centroid (inner product) of every vector, in bf16."""
-    cents = centroids.to(torch.bfloat16)
+    """Index of the most similar centroid (inner product) of every vector, the products
+    in product_dtype()."""
+    dtype = product_dtype()
+    cents = centroids.to(dtype)
     out = torch.empty(len(vectors), dtype=torch.int64)
     for start in range(0, len(vectors), ASSIGN_BATCH):
-        block = vectors[start : start + ASSIGN_BATCH].to(torch.bfloat16)
+        block = vectors[start : start + ASSIGN_BATCH].to(dtype)
         out[start : start + len(block)] = (block @ cents.T).argmax(dim=1)
     return out
 

@@ -2,6 +2,7 @@
 with user metadata; plus a TestClient over the loaded app."""
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.main import create_app
 from app.service import SearchService
@@ -108,3 +110,21 @@ def _wait_ready(base: str, process, log: Path) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
         time.sleep(0.3)
+
+
+# request bodies shared by the refusal tests
+def noise_jpeg() -> bytes:
+    """A small valid JPEG of noise."""
+    out = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def upload_part(data: bytes, kind: str = "image/jpeg") -> dict:
+    """TestClient arguments of a multipart upload of `data` as `file`, with k=3."""
+    return {"files": {"file": ("q", data, kind)}, "data": {"k": "3"}}
+
+
+def chunked(data: bytes, size: int = 1 << 16) -> list[bytes]:
+    """A body sent chunked (no Content-Length)."""
+    return [data[start : start + size] for start in range(0, len(data), size)]

@@ -1,30 +1,12 @@
 """Everything a client can send wrong gets a 4xx JSON error that says what to fix;
 never a 5xx."""
 
-import io
 import json
 
 import pytest
-from PIL import Image
 
-from tests.app.conftest import make_client
+from tests.app.conftest import chunked, make_client, noise_jpeg, upload_part
 from tests.conftest import bomb_png
-
-
-def _jpeg() -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((64, 48), 60).convert("RGB").save(out, "JPEG")
-    return out.getvalue()
-
-
-def _upload(data: bytes, kind: str = "image/jpeg") -> dict:
-    return {"files": {"file": ("q", data, kind)}, "data": {"k": "3"}}
-
-
-def _chunks(data: bytes, size: int = 1 << 16) -> list[bytes]:
-    """A body sent chunked (no Content-Length)."""
-    return [data[start : start + size] for start in range(0, len(data), size)]
-
 
 DEEP_ARRAYS = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECTS = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
@@ -65,7 +47,7 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "post",
         "/v1/search/images",
         {
-            "content": _chunks(b'{"text": "' + b"a" * (1 << 20) + b'"}'),
+            "content": chunked(b'{"text": "' + b"a" * (1 << 20) + b'"}'),
             "headers": {"content-type": "application/json"},
         },
         413,
@@ -99,7 +81,10 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "deep filter field (form)",
         "post",
         "/v1/search/captions",
-        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"filter": DEEP_ARRAYS.decode()}},
+        {
+            "files": {"file": ("q", noise_jpeg(), "image/jpeg")},
+            "data": {"filter": DEEP_ARRAYS.decode()},
+        },
         422,
         "form field 'filter'",
     ),
@@ -107,7 +92,10 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "deep k field (form)",
         "post",
         "/v1/search/captions",
-        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"k": DEEP_OBJECTS.decode()}},
+        {
+            "files": {"file": ("q", noise_jpeg(), "image/jpeg")},
+            "data": {"k": DEEP_OBJECTS.decode()},
+        },
         422,
         "deep",
     ),
@@ -124,7 +112,7 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "post",
         "/v1/search/captions",
         {
-            "files": {"file": ("q", _jpeg(), "image/jpeg")},
+            "files": {"file": ("q", noise_jpeg(), "image/jpeg")},
             "data": {"filter": json.dumps(MANY_KEYS)},
         },
         422,
@@ -203,16 +191,23 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "non-image upload",
         "post",
         "/v1/search/captions",
-        _upload(b"hello, not an image"),
+        upload_part(b"hello, not an image"),
         400,
         "not a JPEG",
     ),
-    ("truncated JPEG", "post", "/v1/search/captions", _upload(_jpeg()[:1200]), 400, "truncated"),
+    (
+        "truncated JPEG",
+        "post",
+        "/v1/search/captions",
+        upload_part(noise_jpeg()[:1200]),
+        400,
+        "truncated",
+    ),
     (
         "30000 x 30000 PNG",
         "post",
         "/v1/search/captions",
-        _upload(bomb_png(30000, 30000), "image/png"),
+        upload_part(bomb_png(30000, 30000), "image/png"),
         400,
         "pixels",
     ),
@@ -220,11 +215,11 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "upload type",
         "post",
         "/v1/search/captions",
-        _upload(_jpeg(), "application/pdf"),
+        upload_part(noise_jpeg(), "application/pdf"),
         415,
         "image/jpeg",
     ),
-    ("empty upload", "post", "/v1/search/captions", _upload(b""), 400, "empty"),
+    ("empty upload", "post", "/v1/search/captions", upload_part(b""), 400, "empty"),
     (
         "form without file",
         "post",
@@ -237,7 +232,7 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "bad form k",
         "post",
         "/v1/search/captions",
-        {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"k": "many"}},
+        {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"k": "many"}},
         422,
         "k",
     ),
@@ -261,7 +256,7 @@ BAD = [  # (name, method, path, request kwargs, status, words in the message)
         "score without text",
         "post",
         "/v1/score",
-        {"files": {"file": ("q", _jpeg(), "image/jpeg")}},
+        {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}},
         422,
         "text",
     ),
@@ -332,7 +327,7 @@ def test_the_service_still_answers_after_bad_input(client):
 
 def test_oversized_and_unsized_uploads_are_refused_before_reading(gallery):
     with make_client(gallery, max_upload_bytes=4096) as small:
-        big = small.post("/v1/search/captions", **_upload(b"\xff" * 200_000))
+        big = small.post("/v1/search/captions", **upload_part(b"\xff" * 200_000))
         assert big.status_code == 413 and "4,096" in big.json()["error"]["message"]
-        just_over = small.post("/v1/search/captions", **_upload(_jpeg() + b"\0" * 5000))
+        just_over = small.post("/v1/search/captions", **upload_part(noise_jpeg() + b"\0" * 5000))
         assert just_over.status_code == 413

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from app.schemas import SearchOptions
-from tests.app.conftest import make_client
-from tests.app.test_bad_input import _chunks, _jpeg, _upload
+from tests.app.conftest import chunked, make_client, noise_jpeg, upload_part
 
 OPTIONS = {"k", "candidates", "explain", "exhaustive", "filter"}
 
@@ -100,7 +99,7 @@ def _png_bad_header() -> bytes:
 
 
 MULTIPART = {"content-type": "multipart/form-data; boundary=b0und"}
-ONE_FILE = [("file", _jpeg(), "image/jpeg")]
+ONE_FILE = [("file", noise_jpeg(), "image/jpeg")]
 
 BAD_UPLOADS = [  # (name, path, request kwargs, status, code, words in the message)
     ("not multipart", "/v1/search/captions",
@@ -114,34 +113,34 @@ BAD_UPLOADS = [  # (name, path, request kwargs, status, code, words in the messa
      {"content": _multipart(ONE_FILE + [(f"f{n}", b"1", None) for n in range(17)]),
       "headers": MULTIPART}, 400, "malformed_form", "too many fields"),
     ("chunked upload", "/v1/search/captions",
-     {"content": _chunks(_multipart(ONE_FILE), 1000), "headers": MULTIPART}, 411,
+     {"content": chunked(_multipart(ONE_FILE), 1000), "headers": MULTIPART}, 411,
      "length_required", "content-length"),
     ("file as a text field", "/v1/search/captions",
      {"content": _multipart([("file", b"abc", None)]), "headers": MULTIPART}, 422,
      "invalid_request", "file part"),
     ("unknown form field", "/v1/search/captions",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"kk": "3"}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"kk": "3"}}, 422,
      "invalid_request", "kk: extra inputs"),
     ("unknown form field (score)", "/v1/score",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"text": "a", "kk": "3"}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"text": "a", "kk": "3"}}, 422,
      "invalid_request", "kk: extra inputs"),
     ("image_id in a form", "/v1/search/captions",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"image_id": "x"}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"image_id": "x"}}, 422,
      "invalid_request", "image_id"),
     ("filter not JSON (form)", "/v1/search/captions",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"filter": "{nope"}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"filter": "{nope"}}, 422,
      "invalid_request", "filter: input should be a valid dictionary"),
     ("bad filter key (form)", "/v1/search/captions",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"filter": '{"a b;": 1}'}}, 400,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"filter": '{"a b;": 1}'}}, 400,
      "bad_request", "metadata key"),
     ("explain not a boolean (form)", "/v1/search/captions",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"explain": "maybe"}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"explain": "maybe"}}, 422,
      "invalid_request", "explain"),
     ("blank text (score form)", "/v1/score",
-     {"files": {"file": ("q", _jpeg(), "image/jpeg")}, "data": {"text": "  "}}, 422,
+     {"files": {"file": ("q", noise_jpeg(), "image/jpeg")}, "data": {"text": "  "}}, 422,
      "invalid_request", "word"),
     ("PNG header Pillow refuses", "/v1/search/captions",
-     _upload(_png_bad_header(), "image/png"), 400, "bad_image", "not a JPEG"),
+     upload_part(_png_bad_header(), "image/png"), 400, "bad_image", "not a JPEG"),
     ("malformed JSON body (score)", "/v1/score",
      {"content": b"{nope", "headers": {"content-type": "application/json"}}, 400,
      "malformed_json", "not valid JSON"),
@@ -165,7 +164,7 @@ def test_bad_bodies_on_the_two_body_routes(client, name, path, kwargs, status, c
 
 
 def test_the_depth_bound_of_form_fields_is_the_same_setting(gallery):
-    upload = {"file": ("q", _jpeg(), "image/jpeg")}
+    upload = {"file": ("q", noise_jpeg(), "image/jpeg")}
     with make_client(gallery, max_json_depth=2) as strict:
         ok = strict.post("/v1/search/captions", files=upload, data={"filter": '{"half": [1]}'})
         assert ok.status_code == 200, ok.text
