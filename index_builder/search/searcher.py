@@ -162,8 +162,8 @@ class Searcher:
                              record.metadata or {}, shard=self._shard_tag(shard_no))  # fmt: skip
             if explain:
                 words = index.captions(np.array([row])).vectors
-                values, best = (words @ regions.T).max(dim=1)  # (L, n) -> each word's region
-                hit.explain = alignment(self.encoder.tokens(record.text), best, values, boxes)
+                best, sims = best_regions(regions, len(regions), words)
+                hit.explain = alignment(self.encoder.tokens(record.text), best, sims, boxes)
             hits.append(hit)
         return CaptionResults(hits, boxes_list(boxes), timer.timings_ms(), *_scored(rankings))
 
