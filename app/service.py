@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from app.settings import Settings
 from index_builder.format.layout import shard_dirs
+from index_builder.search.live import GenerationWatch
 from index_builder.search.searcher import Searcher
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class SearchService:
         self._current: Loaded | None = None
         self._reload_lock = threading.Lock()
         self.error: str | None = None  # why the last load failed, for /readyz
+        self._watch: GenerationWatch | None = None
 
     @property
     def ready(self) -> bool:
@@ -123,6 +125,18 @@ class SearchService:
                         len(searcher.shards), checkpoint, loaded.load_seconds)  # fmt: skip
             return loaded
 
+    def _searcher(self) -> Searcher | None:
+        return None if self._current is None else self._current.searcher
+
+    def _swap(self, searcher: Searcher) -> None:
+        """Serve a new generation of the same index (from the generation watch)."""
+        with self._reload_lock:
+            old = self._current
+            if old is None or searcher.root != old.searcher.root:
+                return  # a reload to another index happened meanwhile: it wins
+            self._current = Loaded(searcher, old.index_path, old.checkpoint_path, time.time(),
+                                   old.load_seconds)  # fmt: skip
+
     def _checkpoint_for(self, index: Path) -> Path:
         if self.settings.checkpoint is not None:
             return self.settings.checkpoint
@@ -138,6 +152,12 @@ class SearchService:
         if self.executor.closed:
             settings = self.settings
             self.executor = BoundedExecutor(settings.inference_threads, settings.queue_size)
+        if self.settings.watch_seconds and self._watch is None:
+            self._watch = GenerationWatch(self._searcher, self._swap, self.settings.watch_seconds,
+                                          self.settings.checksums).start()  # fmt: skip
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         self.executor.shutdown()

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         None, description="folder that relative image paths of the index are read from"
     )
     checksums: bool = Field(True, description="verify index checksums when loading")
+    watch_seconds: float = Field(
+        2.0, ge=0, description="how often the index's generation is looked at; a new one "
+        "(after `chan index add`, `delete`, `compact` or a rebuild) is opened beside the "
+        "served one and swapped in (0: only on POST /v1/admin/reload)",
+    )  # fmt: skip
     log_json: bool = Field(False, description="one JSON object per log line")
 
     @field_validator("index")

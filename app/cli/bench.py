@@ -1,4 +1,5 @@
-"""`chan bench score | extract | search`: flags -> each benchmark's parameters; reports printed.
+"""`chan bench score | extract | search | add`: flags -> each benchmark's parameters, then
+the report printed.
 
 Flags default to None ("not given") so the benchmarks' own defaults are the only ones.
 """
@@ -22,6 +23,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_score(sub)
     _add_extract(sub)
     _add_search(sub)
+    _add_add(sub)
 
 
 def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -141,8 +143,53 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def _run_search(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from index_builder.bench import SearchBenchOptions, format_report, run_search_bench
+    from index_builder.bench.search import SearchBenchOptions, format_report, run_search_bench
 
     options = SearchBenchOptions(**given(args, *(f.name for f in fields(SearchBenchOptions))))
     report = run_search_bench(options)
+    return print_report(format_report(report), report, args.json)
+
+
+def _add_add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "add",
+        help="grow an index by segments while it is searched: add time, pick-up, recall",
+        description="Builds (or with --keep reuses) a synthetic base index, adds images "
+        "and their captions as new segments while client threads search it through a "
+        "searcher that follows the index's generation, and reports the add time, how soon "
+        "the new images are served, failed searches, and recall@10 before and after; with "
+        "--compact, also the merge time and the share of queries whose top 10 equals a "
+        "fresh build's.",
+    )
+    add = parser.add_argument
+    add("--images", type=int, help="base gallery size (10000)")
+    add("--add", type=int, help="images added, with their captions (1000)")
+    add("--segments", type=int, help="the added images arrive in this many adds (1)")
+    add("--storage", choices=["float16", "int8"], help="(int8)")
+    add("--regions", type=int, help="K (36)")
+    add("--dim", type=int, help="d (1024)")
+    add("--captions-per-image", type=int, help="(5)")
+    add("--words", type=int, help="words per caption (12)")
+    add("--concepts", type=int, help="concept centroids (2048)")
+    add("--queries", type=int, help="queries per direction for recall (50)")
+    add("--clients", type=int, help="threads searching during the adds (2)")
+    add("--threads", type=int, help="torch threads per query (1)")
+    add("--compact", action="store_true", default=None,
+        help="then compact and compare with a fresh build of the whole gallery")  # fmt: skip
+    add("--workdir", type=Path, help="where to build (default: a temp dir)")
+    add("--keep", action="store_true", default=None,
+        help="keep the base and fresh builds in --workdir and reuse them")  # fmt: skip
+    add("--seed", type=int)
+    add("--json", action="store_true", help="JSON of every figure, last line")
+    parser.set_defaults(func=_run_add)
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from index_builder.bench.add import AddBenchOptions, format_report, run_add_bench
+
+    check_positive(args, "images", "add", "segments", "queries", "clients", "threads")
+    options = AddBenchOptions(**given(args, *(f.name for f in fields(AddBenchOptions))))
+    report = run_add_bench(options)
     return print_report(format_report(report), report, args.json)

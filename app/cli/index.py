@@ -192,8 +192,10 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "add",
         help="add images and/or captions (encoded with the index's checkpoint)",
-        description="New rows are encoded; existing ones are copied from their stored "
-        "embeddings (tombstoned rows are dropped) and the k-means cells are retrained.",
+        description="The new rows are encoded and written as one new segment, their vectors "
+        "assigned to the index's existing cells: the time grows with what is added, not "
+        "with the index. A running `chan serve` picks the new generation up by itself. "
+        "`chan index compact` merges segments and retrains cells that have drifted.",
     )
     parser.add_argument("index", type=Path)
     parser.add_argument("--checkpoint", type=Path, required=True, help="the index's checkpoint")
@@ -214,12 +216,22 @@ def _run_add(args: argparse.Namespace) -> int:
             args.index, args.checkpoint, captions=args.captions, features=args.features,
             split=args.split, images=args.images, caption_split=args.caption_split,
         )  # fmt: skip
-    print(f"added {added['images']} images and {added['captions']} captions to {args.index}")
+    drift = ", ".join(f"{side} {value:.3f}" for side, value in added["drift"].items())
+    print(f"added {added['images']} images and {added['captions']} captions to {args.index} "
+          f"as segment {added['segment']} (generation {added['generation']}, "
+          f"{added['seconds']:.1f} s{'; cell drift ' + drift if drift else ''})")  # fmt: skip
     return 0
 
 
 def _add_compact(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("compact", help="drop deleted rows for good")
+    parser = sub.add_parser(
+        "compact",
+        help="merge segments and drop deleted rows for good",
+        description="Every segment is merged into one and tombstoned rows are dropped. A "
+        "side's cells are kept unless the vectors added since they were trained fit them "
+        "worse than the training data by more than the manifest's retrain_drift (or the "
+        "side has grown large enough to need cells); then they are retrained.",
+    )
     parser.add_argument("index", type=Path)
     parser.set_defaults(func=_run_compact)
 
@@ -230,6 +242,8 @@ def _run_compact(args: argparse.Namespace) -> int:
 
     with disk_full_reported(args.index):
         removed = compact_index(args.index)
+    retrained = ", ".join(removed["retrained"]) or "none"
     print(f"removed {removed['images']} images and {removed['captions']} captions from "
-          f"{args.index}")  # fmt: skip
+          f"{args.index}; merged {removed['segments']} segment(s); cells retrained: "
+          f"{retrained}")  # fmt: skip
     return 0

@@ -21,6 +21,11 @@ FLAGS = {  # flag -> (Settings field, type, help)
     "--queue-size": ("queue_size", int, "searches waiting before 503 (32)"),
     "--image-root": ("image_root", Path, "folder for relative image paths"),
     "--exhaustive-max-images": ("exhaustive_max_images", int, "allow exhaustive up to N"),
+    "--watch-seconds": (
+        "watch_seconds",
+        float,
+        "look for a new index generation every S seconds (2; 0: never)",
+    ),
 }
 
 

@@ -1,19 +1,32 @@
-"""Changing an index: tombstone deletes, and rewrites (add, compact). Every change is
-staged beside the index and swapped in with one atomic step (durable.py), so a reader
-that opened the old files keeps a consistent view until it reloads, and a command killed
-at any point leaves the old index or the new one."""
+"""Changing an index: tombstone deletes, new segments (add), and merges (compact).
+
+Segments are immutable. `add` writes one new segment whose vectors are assigned to the
+index's existing cells, so it costs time in proportion to what is added; `compact`
+merges every segment into one, drops tombstoned rows, and retrains a side's cells only
+when the vectors added since training fit them worse than the training data did (the
+drift, see RETRAIN_DRIFT in writer.py). Every change is staged beside the index (the
+unchanged files as hard links) and swapped in with one atomic step (durable.py), with
+a higher manifest `generation`; a reader that opened the old files keeps a consistent
+view until it reloads, and a command killed at any point leaves the old index or the
+new one."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from index_builder.build.cells import cell_count
+from index_builder.build.writer import RETRAIN_DRIFT, IndexWriter, SegmentWriter, WriterSpec
 from index_builder.format import durable
 from index_builder.format import layout as fmt
-from index_builder.format.metadata import MetadataStore
+from index_builder.format.manifest import CENTROID_FILES
+from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +49,7 @@ def delete_items(index: Path, image_ids: list[str], caption_ids: list[str]) -> d
                 "captions": store.delete_captions(caption_ids) if caption_ids else 0,
             }
         manifest["files"][fmt.METADATA] = fmt.file_entries(staged, [fmt.METADATA])[fmt.METADATA]
+        manifest["generation"] = manifest.get("generation", 1) + 1
         fmt.write_manifest(staged, manifest)
         durable.commit_dir(staged, index)
     except BaseException:
@@ -45,18 +59,7 @@ def delete_items(index: Path, image_ids: list[str], caption_ids: list[str]) -> d
     return deleted
 
 
-# ---------------------------------------------------------------------- rewrite
-
-
-REWRITE_BATCH = 512  # rows copied per step when an index is rewritten
-
-
-def compact_index(index_path: Path, recall_queries: int = 100, progress=None) -> dict[str, int]:
-    """Drop tombstoned rows: the stored embeddings of live rows are copied (never
-    re-encoded) into a fresh index that replaces this one; the cells are retrained for
-    the new size. Returns how many images and captions were removed."""
-    durable.recover(index_path)
-    return _rewrite(index_path, None, recall_queries, progress)
+# ---------------------------------------------------------------------- add
 
 
 def add_items(
@@ -68,13 +71,17 @@ def add_items(
     images: Path | None = None,
     caption_split: str | None = None,
     batch_size: int = 128,
-    recall_queries: int = 100,
     progress=None,
-) -> dict[str, int]:
-    """Add images and/or captions, encoded with the checkpoint that built the index.
-    Existing rows are copied from their stored embeddings, not encoded again; tombstoned
-    rows are dropped on the way. Returns the numbers added."""
-    from index_builder.build.build import BuildOptions, open_gallery, read_captions_jsonl
+) -> dict[str, Any]:
+    """Add images and/or captions, encoded with the checkpoint that built the index, as
+    one new segment. Returns the numbers added and the new segment's figures."""
+    from index_builder.build.build import (
+        BuildOptions,
+        encode_captions,
+        encode_images,
+        open_gallery,
+        read_captions_jsonl,
+    )
     from model.checkpoint import checkpoint_hash, load_checkpoint
 
     durable.recover(index_path)
@@ -100,69 +107,213 @@ def add_items(
         new_captions = read_captions_jsonl(captions, known | set(new_ids), caption_split)
     if gallery is None and not new_captions:
         raise ValueError("nothing to add: give --features / --images and/or --captions")
-    extra = _Extra(loaded, gallery, new_captions, batch_size)
-    _rewrite(index_path, extra, recall_queries, progress)
-    return {"images": len(new_ids), "captions": len(new_captions)}
+    texts = [c.text for c in new_captions]
+    lengths = np.array([len(loaded.tokenizer.ids(t)) for t in texts], np.int64)
+    counts = np.zeros(0, np.int32) if gallery is None else gallery.counts[gallery.rows]
+
+    def fill(writer: SegmentWriter) -> None:
+        if gallery is not None:
+            encode_images(loaded, gallery, writer, batch_size, progress)
+        encode_captions(loaded, texts, writer, batch_size, progress)
+
+    image_records = [] if gallery is None else [
+        ImageRecord(i, u) for i, u in zip(gallery.ids, gallery.uris, strict=True)
+    ]  # fmt: skip
+    caption_records = [
+        CaptionRecord(c.caption_id, c.text, c.image_id, c.metadata) for c in new_captions
+    ]
+    return append_segment(
+        index_path, counts, lengths, fill, image_records, caption_records, progress
+    )
 
 
-class _Extra:
-    """New rows for a rewrite: a gallery to encode and caption records to encode."""
+def append_segment(
+    index_path: Path,
+    region_counts: np.ndarray,
+    caption_lengths: np.ndarray,
+    fill: Callable[[SegmentWriter], None],
+    image_records: list[ImageRecord],
+    caption_records: list[CaptionRecord],
+    progress=None,
+) -> dict[str, Any]:
+    """Stage the index with one more segment, which `fill` writes (images and captions
+    in order), its vectors assigned to the existing cells, the records appended to the
+    metadata, and commit it with the next generation. The old segments are hard links:
+    the cost is the new rows, the metadata copy and the commit."""
+    durable.recover(index_path)
+    manifest = fmt.read_manifest(index_path)
+    fmt.verify_files(index_path, manifest, checksums=False)
+    if len(image_records) != len(region_counts) or len(caption_records) != len(caption_lengths):
+        raise ValueError("one metadata record per new image and per new caption is needed")
+    started = time.perf_counter()
+    numbers = [int(entry["name"][3:]) for entry in manifest["segments"]]
+    name = fmt.segment_name(max(numbers) + 1)
+    staged = durable.staged_path(index_path)
+    try:
+        durable.link_tree(index_path, staged, skip={fmt.METADATA, fmt.MANIFEST})
+        shutil.copyfile(index_path / fmt.METADATA, staged / fmt.METADATA)
+        spec = WriterSpec(num_regions=manifest["num_regions"], dim=manifest["dim"],
+                          matching=manifest["matching"], checkpoint=manifest["checkpoint"],
+                          storage=manifest["storage"])  # fmt: skip
+        writer = SegmentWriter(staged / name, spec, region_counts, caption_lengths,
+                               first_image=manifest["counts"]["images"])  # fmt: skip
+        writer.preallocate()
+        fill(writer)
+        if not writer.complete:
+            raise ValueError(f"the new segment {name} was not completely written")
+        similarity = {}
+        for side in manifest["cells"]:
+            centroids = np.load(staged / CENTROID_FILES[side])
+            similarity[side] = round(writer.assign_cells(side, centroids, progress), 6)
+        with MetadataStore.open(staged / fmt.METADATA, readonly=False) as store:
+            store.add_images(image_records)
+            store.add_captions(caption_records)
+        entry = {"name": name, "images": len(region_counts), "captions": len(caption_lengths),
+                 "similarity": similarity}  # fmt: skip
+        _grow_manifest(manifest, entry, writer)
+        names = [fmt.METADATA] + [f"{name}/{f}" for f in writer.files()]
+        manifest["files"].update(fmt.file_entries(staged, names))
+        fmt.write_manifest(staged, manifest)
+        durable.commit_dir(staged, index_path)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    seconds = round(time.perf_counter() - started, 2)
+    logger.info("%s: segment %s added (%d images, %d captions) in %.1f s", index_path, name,
+                entry["images"], entry["captions"], seconds)  # fmt: skip
+    return {"images": entry["images"], "captions": entry["captions"], "segment": name,
+            "generation": manifest["generation"], "seconds": seconds,
+            "drift": drift(manifest)}  # fmt: skip
 
-    def __init__(self, loaded, gallery, captions, batch_size: int) -> None:
-        self.loaded, self.gallery, self.captions, self.batch = loaded, gallery, captions, batch_size
-        self.texts = [c.text for c in captions]
-        self.lengths = np.array([len(loaded.tokenizer.ids(t)) for t in self.texts], np.int64)
 
-    @property
-    def counts(self) -> np.ndarray:
-        if self.gallery is None:
-            return np.zeros(0, np.int32)
-        return self.gallery.counts[self.gallery.rows].astype(np.int32)
+def _grow_manifest(manifest: dict[str, Any], entry: dict[str, Any], writer) -> None:
+    counts = manifest["counts"]
+    counts["images"] += entry["images"]
+    counts["captions"] += entry["captions"]
+    counts["region_vectors"] += int(writer.counts.sum())
+    counts["word_vectors"] += int(writer.lengths.sum())
+    manifest["segments"].append(entry)
+    manifest["generation"] = manifest.get("generation", 1) + 1
 
 
-def _rewrite(index_path: Path, extra: _Extra | None, recall_queries: int, progress) -> dict:
+def drift(manifest: dict[str, Any]) -> dict[str, float]:
+    """Per side with cells: the quantisation error (1 - mean similarity to the cell) of
+    the vectors added since the cells were trained, over the error at training; 1.0
+    when nothing was added. `chan index compact` retrains past the side's retrain_drift."""
+    out = {}
+    counts = {"regions": "images", "words": "captions"}
+    for side, cells in manifest["cells"].items():
+        trained = cells.get("similarity")
+        added = [(s["similarity"][side], s[counts[side]]) for s in manifest["segments"]
+                 if side in s.get("similarity", {}) and s[counts[side]]]  # fmt: skip
+        if trained is None or not added:
+            out[side] = 1.0
+            continue
+        weight = sum(n for _, n in added)
+        added_error = sum((1 - sim) * n for sim, n in added) / weight
+        out[side] = round(added_error / max(1 - trained, 1e-9), 4)
+    return out
+
+
+# ---------------------------------------------------------------------- compact
+
+
+REWRITE_BATCH = 512  # rows copied per step when segments are merged
+
+
+def compact_index(index_path: Path, recall_queries: int = 100, progress=None) -> dict[str, Any]:
+    """Merge every segment into one and drop tombstoned rows: the stored embeddings of
+    live rows are copied (never re-encoded) into a fresh index that replaces this one.
+    A side's cells carry over unless they drifted (see drift()) or the side has grown
+    large enough to need cells it lacks; then they are retrained. Returns what was
+    removed, merged and retrained."""
     from index_builder.build.build import measure_recall
-    from index_builder.build.writer import IndexWriter, WriterSpec
     from index_builder.format.reader import GalleryIndex
 
+    durable.recover(index_path)
     index = GalleryIndex(index_path, checksums=True)
     manifest = index.manifest
     images = np.flatnonzero(index.live_images)
     captions = np.flatnonzero(index.live_captions)
-    removed = {
+    report = {
         "images": index.num_images - len(images),
         "captions": index.num_captions - len(captions),
+        "segments": len(manifest["segments"]),
+        "drift": drift(manifest),
     }
-    if extra is None and not any(removed.values()):
+    retrain = _sides_to_retrain(index, manifest, images, captions)
+    report["retrained"] = retrain
+    if not (report["images"] or report["captions"] or retrain) and report["segments"] == 1:
         index.close()
-        return removed
+        return report
+    if not len(images):
+        index.close()
+        raise ValueError(f"{index_path}: every image is deleted; an index needs at least one")
     spec = WriterSpec(
         num_regions=index.num_regions, dim=index.dim, matching=manifest["matching"],
         checkpoint=manifest["checkpoint"], extractor=manifest["extractor"],
-        storage=index.storage,
+        storage=index.storage, region_cells=_retrained_cells(manifest, "regions", retrain),
+        word_cells=_retrained_cells(manifest, "words", retrain),
         build={**manifest["build"], "rewritten_from": manifest["counts"]},
     )  # fmt: skip
     lengths = np.diff(index.word_offsets)[captions]
-    counts = index.counts[images].astype(np.int32)
-    if extra is not None:
-        counts, lengths = (
-            np.concatenate([counts, extra.counts]),
-            np.concatenate([lengths, extra.lengths]),
-        )
     try:
-        writer = IndexWriter(index_path, spec, counts, lengths, overwrite=True)
+        writer = IndexWriter(index_path, spec, index.counts[images], lengths, overwrite=True)
         _copy_rows(index, writer, images, captions)
         image_records, caption_records = _records(index, images, captions)
-        if extra is not None:
-            _append_new(extra, writer, image_records, caption_records, progress)
+        kept = _kept_cells(index, manifest, images, captions, retrain)
     finally:
         index.close()
 
     def measure(work: Path) -> dict:
         return measure_recall(work, recall_queries, 0)
 
-    writer.finish(image_records, caption_records, measure, progress)
-    return removed
+    writer.finish(image_records, caption_records, measure, progress, kept,
+                  generation=manifest.get("generation", 1) + 1)  # fmt: skip
+    return report
+
+
+def _sides_to_retrain(index, manifest: dict, images: np.ndarray, captions: np.ndarray) -> list:
+    """Sides whose cells drifted past their threshold, or that have no cells and now
+    hold enough vectors to want them."""
+    sides = []
+    drifted = drift(manifest)
+    for side, cells in manifest["cells"].items():
+        if drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT):
+            sides.append(side)
+    vectors = {"regions": int(index.counts[images].sum()),
+               "words": int(np.diff(index.word_offsets)[captions].sum())}  # fmt: skip
+    for side, count in vectors.items():
+        if side not in manifest["cells"] and cell_count(count):
+            sides.append(side)
+    return sides
+
+
+def _retrained_cells(manifest: dict, side: str, retrain: list) -> int | None:
+    """Cells for a side that is retrained: as many as it had (a drift changes where the
+    cells lie, not how many), or by size for a side that had none (None)."""
+    if side in retrain and side in manifest["cells"]:
+        return manifest["cells"][side]["cells"]
+    return None
+
+
+def _kept_cells(index, manifest: dict, images: np.ndarray, captions: np.ndarray,
+                retrain: list) -> dict:  # fmt: skip
+    """The centroids and the live rows' codes of every side with cells not retrained."""
+    from index_builder.search.vectors import item_positions
+
+    kept = {}
+    for side in manifest["cells"]:
+        if side in retrain:
+            continue
+        if side == "regions":
+            codes = index.region_codes[item_positions(index.region_starts, images)[0]]
+            centroids = index.region_centroids
+        else:
+            codes = index.word_codes[item_positions(index.word_offsets, captions)[0]]
+            centroids = index.word_centroids
+        kept[side] = (centroids, codes, manifest["cells"][side])
+    return kept
 
 
 def _copy_rows(index, writer, images: np.ndarray, captions: np.ndarray) -> None:
@@ -177,8 +328,6 @@ def _copy_rows(index, writer, images: np.ndarray, captions: np.ndarray) -> None:
 
 
 def _records(index, images: np.ndarray, captions: np.ndarray):
-    from index_builder.format.metadata import CaptionRecord, ImageRecord
-
     image_records = [
         ImageRecord(r.image_id, r.uri, r.metadata) for r in index.metadata.images(images.tolist())
     ]
@@ -189,18 +338,3 @@ def _records(index, images: np.ndarray, captions: np.ndarray):
         for r in index.metadata.captions(captions.tolist())
     ]  # fmt: skip
     return image_records, caption_records
-
-
-def _append_new(extra: _Extra, writer, image_records: list, caption_records: list, progress):
-    from index_builder.build.build import encode_captions, encode_images
-    from index_builder.format.metadata import CaptionRecord, ImageRecord
-
-    base_images, base_captions = len(image_records), len(caption_records)
-    gallery = extra.gallery
-    if gallery is not None:
-        encode_images(extra.loaded, gallery, writer, extra.batch, progress, base=base_images)
-        image_records += [ImageRecord(i, u) for i, u in zip(gallery.ids, gallery.uris, strict=True)]
-    encode_captions(extra.loaded, extra.texts, writer, extra.batch, progress, base=base_captions)
-    caption_records += [
-        CaptionRecord(c.caption_id, c.text, c.image_id, c.metadata) for c in extra.captions
-    ]

@@ -63,10 +63,18 @@ def _check_arrays(index: GalleryIndex) -> list[str]:
     ]
 
 
+CODE_SAMPLE = 2048  # vectors per side whose stored cell is checked against the centroids
+# A stored cell may lose to the best centroid by this much similarity: cells assigned in
+# bf16 (native on some CPUs) can pick a near-tie that fp32 ranks second.
+CODE_TOLERANCE = 0.02
+
+
 def _check_cells(index: GalleryIndex) -> list[str]:
-    """Each side's centroids and codes, as the open checked them (shapes against the
-    manifest, every code in range): what is in use."""
+    """Each side's centroids and codes: shapes and ranges as the open checked them, and
+    for a sample of stored vectors (every segment) that the stored cell is the nearest
+    centroid, i.e. that the inverted lists built from the codes hold the stored rows."""
     counts, done = index.manifest["counts"], []
+    rng = np.random.default_rng(0)
     for side, codes, centroids, vectors in (
         ("regions", index.region_codes, index.region_centroids, counts["region_vectors"]),
         ("words", index.word_codes, index.word_centroids, counts["word_vectors"]),
@@ -74,10 +82,31 @@ def _check_cells(index: GalleryIndex) -> list[str]:
         if codes is None:
             done.append(f"{side}: no cells ({vectors:,} vectors are scanned exactly)")
             continue
+        positions = np.sort(rng.choice(vectors, min(vectors, CODE_SAMPLE), replace=False))
+        sample = _stored_vectors(index, side, positions)
+        sims = sample @ np.asarray(centroids, np.float32).T
+        stored = sims[np.arange(len(positions)), codes[positions]]
+        worse = np.flatnonzero(stored < sims.max(axis=1) - CODE_TOLERANCE)
+        if len(worse):
+            _fail(index.path, f"{side} vector {int(positions[worse[0]])} is stored in cell "
+                  f"{int(codes[positions[worse[0]]])}, not its nearest one; "
+                  f"{len(worse)} of {len(positions)} sampled vectors are misfiled")  # fmt: skip
         used = len(np.unique(codes))
         done.append(f"{side}: {len(centroids):,} cells of d={centroids.shape[1]}, "
-                    f"{vectors:,} vectors coded, {used:,} cells in use")  # fmt: skip
+                    f"{vectors:,} vectors coded, {used:,} cells in use, "
+                    f"{len(positions):,} sampled vectors in their nearest cell")  # fmt: skip
     return done
+
+
+def _stored_vectors(index: GalleryIndex, side: str, positions: np.ndarray) -> np.ndarray:
+    """Stored vectors of one side at global flat positions -> (n, d) float32."""
+    if side == "words":
+        return index.word_vectors(positions)
+    rows = index.region_owner[positions]
+    slots = positions - index.region_starts[rows]
+    unique, inverse = np.unique(rows, return_inverse=True)
+    block, _ = index.images(unique)
+    return block.numpy()[inverse, slots]
 
 
 def _check_metadata(index: GalleryIndex) -> list[str]:

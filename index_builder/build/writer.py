@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.build.cells import CELL_ITERATIONS, cell_count, train_centroids, write_codes
+from index_builder.build.cells import (
+    CELL_ITERATIONS,
+    Fetch,
+    cell_count,
+    train_centroids,
+    write_codes,
+)
 from index_builder.format import durable
 from index_builder.format import layout as fmt
 from index_builder.format.manifest import CENTROID_FILES, CODE_FILES, segment_files
@@ -31,6 +37,12 @@ from model.io import RowWriter, load_state, preallocate_npy, save_state
 logger = logging.getLogger(__name__)
 
 CELL_TRAIN_POINTS = 32  # k-means sample per cell
+# `chan index compact` retrains a side's cells when the quantisation error (1 - mean
+# similarity of a vector to its cell) of the vectors added since training exceeds the
+# error at training by this factor; the factor is recorded in the manifest.
+RETRAIN_DRIFT = 1.15
+# one side's cells kept through a rewrite: centroids, the rows' codes, the manifest entry
+KeptCells = tuple[np.ndarray, np.ndarray, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -52,64 +64,32 @@ class WriterSpec:
             raise ValueError(f"storage must be one of {fmt.STORAGE_DTYPES}, got {self.storage!r}")
 
 
-class IndexWriter:
-    """Writes one index directory; see the module docstring for the life cycle."""
+class SegmentWriter:
+    """The rows of one segment: preallocated files in `directory`, filled batch by batch
+    (images in order, captions in order). Its region vectors belong to global image rows
+    first_image.. (`region_owner.npy`)."""
 
     def __init__(
         self,
-        out: Path,
+        directory: Path,
         spec: WriterSpec,
         region_counts: np.ndarray,
         caption_lengths: np.ndarray,
-        overwrite: bool = False,
+        first_image: int = 0,
     ) -> None:
-        self.out, self.spec = Path(out), spec
-        self.work = self.out.with_name(self.out.name + ".partial")
-        self.seg = self.work / fmt.segment_name(0)
+        self.seg, self.spec, self.first_image = Path(directory), spec, first_image
         self.counts = np.asarray(region_counts, dtype=np.int32)
         self.lengths = np.asarray(caption_lengths, dtype=np.int64)
-        self._check_inputs(overwrite)
-        self.word_offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        self.state = self._open_state()
-
-    # ------------------------------------------------------------------ setup
-
-    def _check_inputs(self, overwrite: bool) -> None:
         if self.counts.ndim != 1 or self.lengths.ndim != 1:
             raise ValueError("region_counts and caption_lengths must be 1-d")
-        if len(self.counts) == 0:
-            raise ValueError("an index needs at least one image")
-        if self.counts.min() < 1 or self.counts.max() > self.spec.num_regions:
-            raise ValueError(f"region counts must lie in [1, {self.spec.num_regions}]")
+        if len(self.counts) and (self.counts.min() < 1 or self.counts.max() > spec.num_regions):
+            raise ValueError(f"region counts must lie in [1, {spec.num_regions}]")
         if len(self.lengths) and self.lengths.min() < 1:
             raise ValueError("every caption needs at least one word")
-        if self.out.exists() and not overwrite:
-            raise ValueError(f"{self.out} exists; pass --overwrite to replace it")
+        self.word_offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.state = {"images_done": 0, "captions_done": 0}
 
-    def _signature(self) -> str:
-        import hashlib
-
-        digest = hashlib.sha256(json.dumps(asdict(self.spec), sort_keys=True).encode())
-        digest.update(self.counts.tobytes())
-        digest.update(self.lengths.tobytes())
-        return digest.hexdigest()
-
-    def _open_state(self) -> dict[str, Any]:
-        """The rows written by an interrupted build of the same inputs, else a fresh start."""
-        self.signature = self._signature()
-        state = load_state(self.work / durable.BUILD_STATE, self.signature)
-        if state is not None:
-            logger.info("resuming the build in %s (%d images, %d captions written)",
-                        self.work, state["images_done"], state["captions_done"])  # fmt: skip
-            return state
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.seg.mkdir(parents=True)
-        self._preallocate()
-        state = {"images_done": 0, "captions_done": 0}
-        self._save_state(state)
-        return state
-
-    def _preallocate(self) -> None:
+    def preallocate(self) -> None:
         n, k, d = len(self.counts), self.spec.num_regions, self.spec.dim
         n_words = int(self.lengths.sum())
         store = np.int8 if self.spec.storage == "int8" else np.float16
@@ -123,14 +103,16 @@ class IndexWriter:
                 "region_scales.npy": ((n, k), np.float32),
                 "word_scales.npy": ((n_words,), np.float32),
             }
+        self.seg.mkdir(parents=True, exist_ok=True)
         for name, (shape, dtype) in arrays.items():
             preallocate_npy(self.seg / name, shape, dtype)
         np.save(self.seg / "region_counts.npy", self.counts)
         np.save(self.seg / "word_offsets.npy", self.word_offsets)
-        np.save(self.seg / "region_owner.npy", np.repeat(np.arange(n, dtype=np.int64), self.counts))
+        owner = np.repeat(np.arange(n, dtype=np.int64) + self.first_image, self.counts)
+        np.save(self.seg / "region_owner.npy", owner)
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        save_state(self.work / durable.BUILD_STATE, self.signature, state)
+        """Called after every batch; a resumable writer records the rows written."""
 
     @property
     def images_done(self) -> int:
@@ -139,6 +121,10 @@ class IndexWriter:
     @property
     def captions_done(self) -> int:
         return self.state["captions_done"]
+
+    @property
+    def complete(self) -> bool:
+        return self.images_done == len(self.counts) and self.captions_done == len(self.lengths)
 
     # ------------------------------------------------------------------ rows
 
@@ -176,6 +162,66 @@ class IndexWriter:
         with RowWriter(self.seg / name) as writer:
             writer.write(start, rows)
 
+    def assign_cells(self, side: str, centroids: np.ndarray, progress: bool | None = None) -> float:
+        """Write the cell of every vector of one side against given centroids; returns
+        the vectors' mean similarity to their cell (1 - it is the quantisation error)."""
+        seg = fmt.open_segment(self.seg, self.spec.storage)
+        count, fetch = side_vectors(seg, side)
+        return write_codes(centroids, count, fetch, self.seg / CODE_FILES[side], progress)
+
+    def files(self) -> list[str]:
+        """The segment's files, relative to the segment directory."""
+        codes = [name for name in CODE_FILES.values() if (self.seg / name).exists()]
+        return segment_files(self.spec.storage) + codes
+
+
+class IndexWriter(SegmentWriter):
+    """Writes one index directory; see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        out: Path,
+        spec: WriterSpec,
+        region_counts: np.ndarray,
+        caption_lengths: np.ndarray,
+        overwrite: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.work = self.out.with_name(self.out.name + ".partial")
+        super().__init__(self.work / fmt.segment_name(0), spec, region_counts, caption_lengths)
+        if len(self.counts) == 0:
+            raise ValueError("an index needs at least one image")
+        if self.out.exists() and not overwrite:
+            raise ValueError(f"{self.out} exists; pass --overwrite to replace it")
+        self.state = self._open_state()
+
+    # ------------------------------------------------------------------ setup
+
+    def _signature(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(asdict(self.spec), sort_keys=True).encode())
+        digest.update(self.counts.tobytes())
+        digest.update(self.lengths.tobytes())
+        return digest.hexdigest()
+
+    def _open_state(self) -> dict[str, Any]:
+        """The rows written by an interrupted build of the same inputs, else a fresh start."""
+        self.signature = self._signature()
+        state = load_state(self.work / durable.BUILD_STATE, self.signature)
+        if state is not None:
+            logger.info("resuming the build in %s (%d images, %d captions written)",
+                        self.work, state["images_done"], state["captions_done"])  # fmt: skip
+            return state
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.preallocate()
+        state = {"images_done": 0, "captions_done": 0}
+        self._save_state(state)
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        save_state(self.work / durable.BUILD_STATE, self.signature, state)
+
     # ------------------------------------------------------------------ finish
 
     def finish(
@@ -184,16 +230,20 @@ class IndexWriter:
         captions: list[CaptionRecord],
         measure_recall: Callable[[Path], dict[str, Any]] | None = None,
         progress: bool | None = None,
+        kept_cells: dict[str, KeptCells] | None = None,
+        generation: int = 1,
     ) -> Path:
-        """Cells, metadata, recall, checksums, manifest; then rename into place."""
-        if self.images_done != len(self.counts) or self.captions_done != len(self.lengths):
+        """Cells, metadata, recall, checksums, manifest; then rename into place.
+        kept_cells: sides whose centroids and codes carry over (a compaction that needs
+        no retraining) instead of being trained here."""
+        if not self.complete:
             raise ValueError(
                 f"not every row was written ({self.images_done}/{len(self.counts)} images, "
                 f"{self.captions_done}/{len(self.lengths)} captions)"
             )
-        cells = self._build_cells(progress)
+        cells = self._build_cells(progress, kept_cells or {})
         self._write_metadata(images, captions)
-        manifest = self._manifest(cells)
+        manifest = self._manifest(cells, generation)
         segment = fmt.segment_name(0)
         names = [fmt.METADATA, *(CENTROID_FILES[side] for side in cells)]
         names += [f"{segment}/{f}" for f in segment_files(self.spec.storage)]
@@ -208,19 +258,24 @@ class IndexWriter:
         logger.info("index written to %s", self.out)
         return self.out
 
-    def _build_cells(self, progress: bool | None) -> dict[str, dict[str, Any]]:
+    def _build_cells(
+        self, progress: bool | None, kept: dict[str, KeptCells]
+    ) -> dict[str, dict[str, Any]]:
         """PLAID-style cells for each side that is large enough: k-means centroids of its
         vectors (`region_centroids.npy` / `word_centroids.npy`) and each vector's cell (the
         segment's codes), see cells.py. The stored fp16 / int8 vectors are the exact
         contents of the cells. A side with few vectors needs none: scanning it is cheap."""
         seg = fmt.open_segment(self.seg, self.spec.storage)
-        sides = {
-            "regions": (len(seg.owner), lambda pos: region_vectors(seg, pos),
-                        self.spec.region_cells),
-            "words": (len(seg.words), lambda pos: word_vectors(seg, pos), self.spec.word_cells),
-        }  # fmt: skip
+        wanted = {"regions": self.spec.region_cells, "words": self.spec.word_cells}
         built = {}
-        for side, (count, fetch, cells) in sides.items():
+        for side, cells in wanted.items():
+            count, fetch = side_vectors(seg, side)
+            if side in kept:
+                centroids, codes, entry = kept[side]
+                np.save(self.work / CENTROID_FILES[side], centroids.astype(np.float32))
+                np.save(self.seg / CODE_FILES[side], np.asarray(codes, np.int32))
+                built[side] = entry
+                continue
             cells = cell_count(count) if cells is None else cells
             if not cells:
                 logger.info("%s: %d vectors, searched exactly (no cells needed)", side, count)
@@ -233,11 +288,14 @@ class IndexWriter:
             started = time.perf_counter()
             centroids = train_centroids(fetch(positions), cells, CELL_ITERATIONS, seed=1)
             np.save(self.work / CENTROID_FILES[side], centroids.astype(np.float32))
-            write_codes(centroids, count, fetch, self.seg / CODE_FILES[side], progress)
+            similarity = write_codes(centroids, count, fetch, self.seg / CODE_FILES[side],
+                                     progress)  # fmt: skip
             seconds = time.perf_counter() - started
             logger.info("%s cells: %.1f s", side, seconds)
             built[side] = {"cells": cells, "train_vectors": sample,
-                           "iterations": CELL_ITERATIONS, "seconds": round(seconds, 2)}  # fmt: skip
+                           "iterations": CELL_ITERATIONS, "seconds": round(seconds, 2),
+                           "similarity": round(similarity, 6),
+                           "retrain_drift": RETRAIN_DRIFT}  # fmt: skip
         return built
 
     def _write_metadata(self, images: list[ImageRecord], captions: list[CaptionRecord]) -> None:
@@ -249,13 +307,14 @@ class IndexWriter:
             store.add_images(images)
             store.add_captions(captions)
 
-    def _manifest(self, cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _manifest(self, cells: dict[str, dict[str, Any]], generation: int) -> dict[str, Any]:
         from model.checkpoint import code_versions
 
         spec = self.spec
         return {
             "format": fmt.FORMAT,
             "format_version": fmt.FORMAT_VERSION,
+            "generation": generation,
             "checkpoint": spec.checkpoint,
             "extractor": spec.extractor,
             "matching": spec.matching,
@@ -290,6 +349,14 @@ def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:
     scales = None if seg.region_scales is None else seg.region_scales[unique_rows]
     block = dequantize(seg.regions[unique_rows], scales)
     return block[inverse, slots]
+
+
+def side_vectors(seg: fmt.Segment, side: str) -> tuple[int, Fetch]:
+    """How many vectors one side ("regions" or "words") of a segment holds, and a
+    function from sorted positions to those vectors as float32."""
+    if side == "regions":
+        return len(seg.owner), lambda positions: region_vectors(seg, positions)
+    return len(seg.words), lambda positions: word_vectors(seg, positions)
 
 
 def word_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:

@@ -124,14 +124,42 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
+Fingerprint = tuple[int, int, int, int, str]  # device, inode, size, mtime_ns, sha256
+
+
+def read_generation(directory: Path) -> int:
+    """The generation of the manifest in `directory`, without checking the rest of it
+    (cheap enough to poll); ValueError when the manifest cannot be read."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_bytes())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{directory / MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{directory / MANIFEST} is not a manifest object")
+    return int(manifest.get("generation", 1))
+
+
+def verify_files(
+    directory: Path,
+    manifest: dict[str, Any],
+    checksums: bool = True,
+    verified: dict[str, Fingerprint] | None = None,
+) -> dict[str, Fingerprint]:
     """Every listed file exists with its size (and sha256 when checksums=True). The
-    schema (checked by read_manifest) makes the list exactly the files the format requires."""
+    schema (checked by read_manifest) makes the list exactly the files the format requires.
+    verified: fingerprints of files checked before (a previous generation); a file that
+    is still the same inode, size and mtime with the same listed sha256 (a segment that
+    a change hard-linked over) is not read again. Returns the fingerprints of every file."""
+    prints = {}
     for name, entry in manifest["files"].items():
         path = directory / name
         if not path.is_file():
             raise IndexFormatError(f"{path} is missing; the index is incomplete: rebuild it")
-        size = path.stat().st_size
+        stat = path.stat()
+        prints[name] = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, entry["sha256"])
+        if verified is not None and verified.get(name) == prints[name]:
+            continue
+        size = stat.st_size
         if size != entry["bytes"]:
             raise IndexFormatError(
                 f"{path} has {size} bytes, the manifest says {entry['bytes']}: truncated or "
@@ -141,6 +169,7 @@ def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = Tr
             raise IndexFormatError(
                 f"{path} fails its sha256 checksum: corrupted; rebuild the index"
             )
+    return prints if checksums else {}
 
 
 @dataclass

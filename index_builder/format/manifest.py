@@ -54,9 +54,12 @@ class Counts(_Strict):
 
 
 class SegmentEntry(_Strict):
-    name: str = Field(pattern=r"^seg[0-9]{3}$")
-    images: int = Field(ge=1)
+    name: str = Field(pattern=r"^seg[0-9]{3,}$")
+    images: Count  # a segment added by `chan index add` may hold only captions
     captions: Count
+    # per side with cells, the mean similarity of this segment's vectors to their cells
+    # when they were assigned to cells trained on other vectors (`chan index add`)
+    similarity: dict[Literal["regions", "words"], float] = Field(default_factory=dict)
 
 
 class CellsEntry(_Strict):
@@ -64,11 +67,14 @@ class CellsEntry(_Strict):
     train_vectors: int = Field(ge=1)  # the sample they were trained on
     iterations: int = Field(ge=1)
     seconds: float = Field(ge=0)  # training and assigning every vector
+    similarity: float | None = None  # mean similarity of the vectors to their cells
+    retrain_drift: float | None = Field(None, gt=1)  # compact retrains past this error ratio
 
 
 class ManifestModel(_Strict):
     format: Literal["chan-index"]
     format_version: Literal[2]
+    generation: int = Field(1, ge=1)  # every change of the index makes a higher one
     checkpoint: CheckpointRef
     extractor: dict[str, Any] | None
     matching: MatchingSpec

@@ -161,7 +161,8 @@ class MetadataStore:
             try:
                 yield self._conn
             except sqlite3.OperationalError as error:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._conn.execute("ROLLBACK")
                 if error.sqlite_errorname == "SQLITE_READONLY":
                     raise PermissionError(
                         f"{self.path} is read-only (opened with readonly={self.readonly}); "
@@ -169,7 +170,8 @@ class MetadataStore:
                     ) from error
                 raise
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 

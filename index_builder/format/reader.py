@@ -33,10 +33,16 @@ class GalleryIndex:
         checkpoint_sha256: str | None = None,
         checksums: bool = True,
         cache_bytes: int = EXACT_CACHE_BYTES,
+        previous: GalleryIndex | None = None,
     ) -> None:
+        """previous: the same index opened at an earlier generation; the files it
+        verified that this generation still holds unchanged (hard-linked segments) are
+        not checksummed again, so a reload after `chan index add` reads the new segment."""
         self.path = Path(path)
         self.manifest = fmt.read_manifest(self.path)
-        fmt.verify_files(self.path, self.manifest, checksums=checksums)
+        self.generation: int = self.manifest.get("generation", 1)
+        verified = previous.verified if previous is not None else None
+        self.verified = fmt.verify_files(self.path, self.manifest, checksums, verified)
         if checkpoint_sha256 is not None:
             fmt.check_checkpoint(self.manifest, checkpoint_sha256, self.path)
         self.storage = self.manifest["storage"]

@@ -59,6 +59,7 @@ class Searcher:
         indexes: list[GalleryIndex],
         checkpoint: LoadedCheckpoint | None,
         params: SearchParams | None = None,
+        root: Path | None = None,
     ) -> None:
         if len({index.checkpoint_sha256 for index in indexes}) != 1:
             raise fmt.IndexFormatError("the shards were built by different checkpoints")
@@ -68,6 +69,7 @@ class Searcher:
         # every shard records the same model, so the same extractor
         self.encoder = QueryEncoder(checkpoint, indexes[0].manifest.get("extractor"))
         self.matching = indexes[0].matching
+        self.root = root  # the directory opened: one index or a folder of shards
 
     @classmethod
     def open(
@@ -82,7 +84,36 @@ class Searcher:
         loaded = load_checkpoint(checkpoint_path)
         digest = checkpoint_hash(checkpoint_path)
         indexes = [GalleryIndex(d, digest, checksums) for d in fmt.shard_dirs(Path(path))]
-        return cls(indexes, loaded, params)
+        return cls(indexes, loaded, params, Path(path))
+
+    @property
+    def generations(self) -> dict[Path, int]:
+        """The manifest generation of every open index directory."""
+        return {shard.index.path: shard.index.generation for shard in self.shards}
+
+    def generations_on_disk(self) -> dict[Path, int] | None:
+        """The generations the opened directory holds now; they differ from
+        `generations` once an add, delete, compact or rebuild has committed (or shards
+        came or went). None when it cannot be read just now."""
+        if self.root is None:
+            return None
+        try:
+            return {d: fmt.read_generation(d) for d in fmt.shard_dirs(self.root)}
+        except (OSError, ValueError):
+            return None
+
+    def refreshed(self, checksums: bool = True) -> Searcher:
+        """A new Searcher over the same directory at its current generation, with the
+        loaded model and the verification of every unchanged file carried over (a
+        segment that an add hard-linked over is not checksummed again). This searcher
+        keeps serving what it holds; requests in flight finish on it."""
+        if self.root is None:
+            raise ValueError("this searcher was not opened from a directory")
+        previous = {shard.index.path: shard.index for shard in self.shards}
+        digest = self.checkpoint_sha256
+        indexes = [GalleryIndex(d, digest, checksums, previous=previous.get(d))
+                   for d in fmt.shard_dirs(self.root)]  # fmt: skip
+        return Searcher(indexes, self.checkpoint, self.params, self.root)
 
     @property
     def index(self) -> GalleryIndex:
@@ -223,11 +254,12 @@ class Searcher:
         (a list of one per shard for a sharded gallery), bytes on disk."""
         parts = [_summary(shard.index) for shard in self.shards]
         merged = dict(parts[0])
-        for key in ("images", "captions", "bytes"):
+        for key in ("images", "captions", "bytes", "segments"):
             merged[key] = sum(part[key] for part in parts)
         merged["shards"] = len(parts)
         if len(parts) > 1:
             merged["recall"] = [part["recall"] for part in parts]
+            merged["generation"] = [part["generation"] for part in parts]
         return merged
 
     # ------------------------------------------------------------------ internals
@@ -279,6 +311,7 @@ def _summary(index: GalleryIndex) -> dict[str, Any]:
             "captions": int(index.live_captions.sum()),
             "storage": manifest["storage"], "dim": index.dim,
             "num_regions": index.num_regions, "format_version": manifest["format_version"],
+            "generation": index.generation, "segments": len(manifest["segments"]),
             "cells": {side: entry["cells"] for side, entry in manifest["cells"].items()},
             "recall": manifest.get("recall"),
             "bytes": sum(int(f["bytes"]) for f in manifest["files"].values())}  # fmt: skip

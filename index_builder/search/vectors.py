@@ -119,7 +119,7 @@ class VectorSearcher:
         if not len(rows):
             return rows
         # 2. centroid interaction over every region of the survivors
-        positions, segment_starts = _segments(index.region_starts, rows)
+        positions, segment_starts = item_positions(index.region_starts, rows)
         per_image = np.maximum.reduceat(
             cell_sims[:, index.region_codes[positions]], segment_starts, axis=1
         )
@@ -205,7 +205,7 @@ class VectorSearcher:
         if not len(rows):
             return rows
         # 2. every word of the survivors at its own cell's value
-        positions, segment_starts = _segments(index.word_offsets, rows)
+        positions, segment_starts = item_positions(index.word_offsets, rows)
         per_word = cell_best[index.word_codes[positions]].astype(np.float64)
         offsets = np.append(segment_starts, len(positions))
         refined = pool_segments(per_word, offsets, self.matching)
@@ -281,7 +281,7 @@ def _dense_ids(items: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return distinct, position[items]
 
 
-def _segments(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def item_positions(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vector positions of the given items (item r owns starts[r]:starts[r + 1]), item
     after item, and where each item's run begins in that list."""
     lo, sizes = starts[rows], starts[rows + 1] - starts[rows]

@@ -17,7 +17,7 @@ from index_builder.format import layout as fmt
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.searcher import Searcher
 from model.checkpoint import checkpoint_hash
-from tests.index_builder.conftest import build
+from tests.index_builder.conftest import build, ranked, split_gallery
 
 
 @pytest.fixture(scope="module")
@@ -191,38 +191,16 @@ def test_bad_caption_lines_are_one_line_errors(world, tmp_path, capsys, line, me
     assert message in err and "caps.jsonl:2" in err and len(err.splitlines()) == 1
 
 
-def write_subset(world, rows, out):
-    """The test split's features restricted to `rows`, as a feature folder."""
-    src = world / "synth"
-    out.mkdir()
-    for name in ("ims", "counts", "boxes"):
-        np.save(out / f"test_{name}.npy", np.load(src / f"test_{name}.npy")[rows])
-    ids = (src / "test_ids.txt").read_text().split()
-    (out / "test_ids.txt").write_text("".join(f"{ids[r]}\n" for r in rows))
-    shutil.copy(src / "test_extract.json", out / "test_extract.json")
-    return [ids[r] for r in rows]
-
-
-def ranked(searcher, text):
-    hits = searcher.search_images(text, k=8, exhaustive=True).hits
-    return [(h.image_id, round(h.score, 4)) for h in hits]
-
-
 def test_delete_compact_add_match_fresh_builds(world, index_dir, tmp_path, capsys):
-    captions = [json.loads(line) for line in (world / "synth" / "captions.jsonl").open()]
-    test_caps = [c for c in captions if c["split"] == "test"]
-    first = write_subset(world, list(range(10)), tmp_path / "first")
-    last = write_subset(world, list(range(10, 14)), tmp_path / "last")
-    for name, ids in (("first", first), ("last", last)):
-        lines = [json.dumps(c) for c in test_caps if c["image_id"] in ids]
-        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    _, last = split_gallery(world, tmp_path)
     fresh = build_index(world / "ckpt", tmp_path / "fresh", tmp_path / "first.jsonl",
                         features=tmp_path / "first", split="test",
                         options=BuildOptions(recall_queries=5), progress=False)  # fmt: skip
     edited = tmp_path / "edited"
     shutil.copytree(index_dir, edited)
     args = ["index", "delete", str(edited)] + [f"--image={i}" for i in last]
-    args += [f"--caption={c['caption_id']}" for c in test_caps if c["image_id"] in last]
+    lines = (tmp_path / "last.jsonl").read_text().splitlines()
+    args += [f"--caption={json.loads(line)['caption_id']}" for line in lines]
     assert main(args) == 0
     assert main(["index", "compact", str(edited)]) == 0
     assert "removed 4 images and 20 captions" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import torch
 
 from index_builder.build.cells import nearest_cells, train_centroids, write_codes
 from index_builder.search.lists import InvertedLists
-from index_builder.search.vectors import _dense_ids, _segments
+from index_builder.search.vectors import _dense_ids, item_positions
 from model.scoring import Matching
 
 
@@ -80,7 +80,7 @@ def test_dense_ids_and_segments():
     np.testing.assert_array_equal(distinct, [2, 7, 9])
     np.testing.assert_array_equal(distinct[position], items)
     starts = np.array([0, 3, 4, 9, 11])  # item r owns starts[r]:starts[r + 1]
-    positions, run_starts = _segments(starts, np.array([2, 0, 3]))
+    positions, run_starts = item_positions(starts, np.array([2, 0, 3]))
     np.testing.assert_array_equal(positions, [4, 5, 6, 7, 8, 0, 1, 2, 9, 10])
     np.testing.assert_array_equal(run_starts, [0, 5, 8])
 

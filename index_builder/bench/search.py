@@ -108,9 +108,11 @@ def _noisy(vectors: np.ndarray, rng: np.random.Generator, scale: float = 1.0) ->
     return _unit(vectors + noise)
 
 
-def build(world: World, out: Path, storage: str) -> dict[str, Any]:
+def build(world: World, out: Path, storage: str, count: int | None = None) -> dict[str, Any]:
+    """An index of the world's first `count` images (default: all) and their captions."""
     args = world.args
-    n_caps = args.images * args.captions_per_image
+    images = count or args.images
+    n_caps = images * args.captions_per_image
     spec = WriterSpec(
         num_regions=args.regions, dim=args.dim, matching=MATCHING, storage=storage,
         checkpoint={"sha256": SYNTHETIC_CHECKPOINT, "path": None, "config": None},
@@ -118,27 +120,27 @@ def build(world: World, out: Path, storage: str) -> dict[str, Any]:
     )  # fmt: skip
     lengths = np.full(n_caps, args.words, np.int64)
     started = time.perf_counter()
-    writer = IndexWriter(out, spec, world.counts, lengths, overwrite=True)
+    writer = IndexWriter(out, spec, world.counts[:images], lengths, overwrite=True)
     step = 256
-    for start in tqdm(range(0, args.images, step), desc=f"write images ({storage})", disable=None):
-        stop = min(args.images, start + step)
+    for start in tqdm(range(0, images, step), desc=f"write images ({storage})", disable=None):
+        stop = min(images, start + step)
         writer.write_images(
             start, world.images(start, stop), np.zeros((stop - start, args.regions, 4))
         )
     per = args.captions_per_image
-    for start in tqdm(range(0, args.images, step), desc="write captions", disable=None):
-        stop = min(args.images, start + step)
+    for start in tqdm(range(0, images, step), desc="write captions", disable=None):
+        stop = min(images, start + step)
         words = [world.caption(i, j) for i in range(start, stop) for j in range(per)]
         writer.write_captions(start * per, np.concatenate(words))
     write_s = time.perf_counter() - started
-    images = [ImageRecord(f"img{i}") for i in range(args.images)]
+    records = [ImageRecord(f"img{i}") for i in range(images)]
     captions = [CaptionRecord(f"cap{i}", "synthetic", f"img{i // per}") for i in range(n_caps)]
-    writer.finish(images, captions, None)
+    writer.finish(records, captions, None)
     total_s = time.perf_counter() - started
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"write_s": round(write_s, 2), "build_s": round(total_s, 2),
-            "images_per_s": round(args.images / total_s, 1),
-            "disk_bytes_per_image": round(size / args.images)}  # fmt: skip
+            "images_per_s": round(images / total_s, 1),
+            "disk_bytes_per_image": round(size / images)}  # fmt: skip
 
 
 def search_params(args: SearchBenchOptions) -> SearchParams:
