@@ -1,4 +1,4 @@
-"""`chan bench score | extract | search | add`: flags -> each benchmark's parameters, then
+"""`chan bench score | extract | search | add | cells`: flags -> parameters, then
 the report printed.
 
 Flags default to None ("not given") so the benchmarks' own defaults are the only ones.
@@ -24,6 +24,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_extract(sub)
     _add_search(sub)
     _add_add(sub)
+    _add_cells(sub)
 
 
 def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -192,4 +193,33 @@ def _run_add(args: argparse.Namespace) -> int:
     check_positive(args, "images", "add", "segments", "queries", "clients", "threads")
     options = AddBenchOptions(**given(args, *(f.name for f in fields(AddBenchOptions))))
     report = run_add_bench(options)
+    return print_report(format_report(report), report, args.json)
+
+
+def _add_cells(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "cells",
+        help="k-means training and cell assignment: exact vs two-level, side by side",
+    )
+    add = parser.add_argument
+    add("--images", type=int, help="synthetic images whose regions are the vectors (9000)")
+    add("--cells", type=int, help="(4096)")
+    add("--dim", type=int, help="d (1024)")
+    add("--regions", type=int, help="K (36)")
+    add("--concepts", type=int, help="concept centroids (2048)")
+    add("--iterations", type=int, help="k-means passes (10)")
+    add("--threads", type=int, help="torch threads (2)")
+    add("--seed", type=int)
+    add("--json", action="store_true", help="JSON of every figure, last line")
+    parser.set_defaults(func=_run_cells)
+
+
+def _run_cells(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from index_builder.bench.cells import CellsBenchOptions, format_report, run_cells_bench
+
+    check_positive(args, "images", "cells", "dim", "regions", "concepts", "iterations", "threads")
+    options = CellsBenchOptions(**given(args, *(f.name for f in fields(CellsBenchOptions))))
+    report = run_cells_bench(options)
     return print_report(format_report(report), report, args.json)

@@ -1,11 +1,13 @@
 """Cells (k-means, codes, inverted lists) and the shortlist's array helpers, each
 against a direct re-computation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from index_builder.build.cells import nearest_cells, train_centroids, write_codes
+from index_builder.build.cells import Assigner, nearest_cells, train_centroids, write_codes
 from index_builder.search.lists import InvertedLists
 from index_builder.search.vectors import _dense_ids, item_positions
 from model.scoring import Matching
@@ -20,6 +22,25 @@ def _clusters(rng, centers, per, noise=0.02):
     return _unit(points + rng.normal(size=points.shape) * noise), np.repeat(
         np.arange(len(centers)), per
     )
+
+
+def test_two_level_assignment_finds_the_exact_cells_of_clustered_data():
+    """2,048 trained cells over clustered points: the two-level assignment gives the
+    exact product's cell for nearly every point, and its similarities are the true ones."""
+    rng = np.random.default_rng(1)
+    centers = _unit(rng.normal(size=(512, 48)))
+    points, _ = _clusters(rng, centers, 40, noise=0.05)
+    centroids = train_centroids(points, 2048, iterations=3, seed=1, progress=False)
+    vectors = torch.from_numpy(points)
+    exact_cells, exact_sims = Assigner(centroids, two_level=False)(vectors)
+    assigner = Assigner(centroids)
+    assert assigner.two_level  # 2,048 cells: two levels by default
+    cells, sims = assigner(vectors)
+    assert (cells == exact_cells).float().mean() > 0.995
+    np.testing.assert_allclose(sims, (vectors * torch.from_numpy(centroids)[cells]).sum(1),
+                               atol=1e-5)  # fmt: skip
+    assert float((exact_sims - sims).max()) < 0.1  # a miss is a near-tie, never a far cell
+    np.testing.assert_array_equal(exact_cells, nearest_cells(vectors, torch.from_numpy(centroids)))
 
 
 def test_kmeans_finds_separated_clusters_and_codes_follow_them(tmp_path):
@@ -100,3 +121,18 @@ def test_rerank_scores_equal_the_model_scorer(pooling):
     expected = score_text_query(words, fill_padded_regions(regions, counts), None, matching)
     got = hard_text_scores(words, regions.clone(), counts, matching)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_bench_cells_reports_both_paths_side_by_side(capsys):
+    from app.cli import main
+
+    argv = ["bench", "cells", "--images", "300", "--cells", "2048", "--dim", "32",
+            "--concepts", "256", "--iterations", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert "assign: exact" in lines[2] and "train:  exact" in lines[1]
+    for path in ("exact", "two_level"):
+        assert report[path]["assign_s"] > 0 and report[path]["train_s"] > 0
+        assert 0 < report[path]["held_out_similarity"] <= 1
+    assert 0.9 <= report["two_level"]["same_cell"] <= 1
