@@ -99,20 +99,25 @@ def _run_info(args: argparse.Namespace) -> int:
 def summary(path: Path) -> str:
     """A few lines a person reads: counts, sizes, indexes, measured recall."""
     from index_builder.format.layout import read_manifest
+    from index_builder.format.manifest import drift
 
     m = read_manifest(path)
+    drifted = drift(m)
     c = m["counts"]
     size = sum(f["bytes"] for f in m.get("files", {}).values())
     lines = [
         f"{path}: {c['images']:,} images ({c['region_vectors']:,} region vectors), "
         f"{c['captions']:,} captions ({c['word_vectors']:,} word vectors)",
         f"  K={m['num_regions']} d={m['dim']} storage={m['storage']}, "
-        f"{size / 1e6:,.1f} MB on disk, {len(m['segments'])} segment(s)",
+        f"{size / 1e6:,.1f} MB on disk, {len(m['segments'])} segment(s), "
+        f"generation {m.get('generation', 1)}",
         f"  checkpoint {m['checkpoint']['sha256'][:12]} ({m['checkpoint'].get('path')})",
     ]
     for side in ("regions", "words"):
         cells = m["cells"].get(side)
         shown = f"{cells['cells']:,} k-means cells" if cells else "no cells (scanned exactly)"
+        if cells and cells.get("retrain_drift"):
+            shown += f", drift {drifted[side]:.3f} (compact retrains past {cells['retrain_drift']})"
         lines.append(f"  {side}: {shown}")
     for direction in ("text_to_image", "image_to_text"):
         if direction in m.get("recall", {}):

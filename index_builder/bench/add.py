@@ -266,7 +266,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"add benchmark: {report['images']:,} images + {report['add']:,} in "
         f"{report['segments']} segment(s), {report['storage']}, {report['clients']} clients "
         f"searching, {report['threads']} torch thread(s)",
-        f"base build: {report['base_build_s']} s",
+        f"base build: {report['base_build_s']}"
+        + ("" if report["base_build_s"] == "reused" else " s"),
         f"add: {report['add_total_s']} s ({', '.join(str(s) for s in report['add_s'])}); "
         f"new images served {report['pickup_s']} s after the last add; "
         f"{report['searches_during']} searches during, {report['failed_searches']} failed; "

@@ -25,7 +25,7 @@ from index_builder.build.cells import cell_count
 from index_builder.build.writer import RETRAIN_DRIFT, IndexWriter, SegmentWriter, WriterSpec
 from index_builder.format import durable
 from index_builder.format import layout as fmt
-from index_builder.format.manifest import CENTROID_FILES
+from index_builder.format.manifest import CENTROID_FILES, drift
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -194,25 +194,6 @@ def _grow_manifest(manifest: dict[str, Any], entry: dict[str, Any], writer) -> N
     counts["word_vectors"] += int(writer.lengths.sum())
     manifest["segments"].append(entry)
     manifest["generation"] = manifest.get("generation", 1) + 1
-
-
-def drift(manifest: dict[str, Any]) -> dict[str, float]:
-    """Per side with cells: the quantisation error (1 - mean similarity to the cell) of
-    the vectors added since the cells were trained, over the error at training; 1.0
-    when nothing was added. `chan index compact` retrains past the side's retrain_drift."""
-    out = {}
-    counts = {"regions": "images", "words": "captions"}
-    for side, cells in manifest["cells"].items():
-        trained = cells.get("similarity")
-        added = [(s["similarity"][side], s[counts[side]]) for s in manifest["segments"]
-                 if side in s.get("similarity", {}) and s[counts[side]]]  # fmt: skip
-        if trained is None or not added:
-            out[side] = 1.0
-            continue
-        weight = sum(n for _, n in added)
-        added_error = sum((1 - sim) * n for sim, n in added) / weight
-        out[side] = round(added_error / max(1 - trained, 1e-9), 4)
-    return out
 
 
 # ---------------------------------------------------------------------- compact

@@ -181,3 +181,22 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     if first.get("type") == "value_error" and ":" in message:
         return message + more  # the validator names its field itself
     return f"{where}: {message}{more}"
+
+
+def drift(manifest: dict[str, Any]) -> dict[str, float]:
+    """Per side with cells: the quantisation error (1 - mean similarity to the cell) of
+    the vectors added since the cells were trained, over the error at training; 1.0
+    when nothing was added. `chan index compact` retrains past the side's retrain_drift."""
+    out = {}
+    counts = {"regions": "images", "words": "captions"}
+    for side, cells in manifest["cells"].items():
+        trained = cells.get("similarity")
+        added = [(s["similarity"][side], s[counts[side]]) for s in manifest["segments"]
+                 if side in s.get("similarity", {}) and s[counts[side]]]  # fmt: skip
+        if trained is None or not added:
+            out[side] = 1.0
+            continue
+        weight = sum(n for _, n in added)
+        added_error = sum((1 - sim) * n for sim, n in added) / weight
+        out[side] = round(added_error / max(1 - trained, 1e-9), 4)
+    return out

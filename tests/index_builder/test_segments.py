@@ -12,9 +12,10 @@ import pytest
 
 from app.cli import main
 from index_builder.build import edit
-from index_builder.build.edit import add_items, compact_index, delete_items, drift
+from index_builder.build.edit import add_items, compact_index, delete_items
 from index_builder.build.verify import verify_index
 from index_builder.format import layout as fmt
+from index_builder.format.manifest import drift
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.live import GenerationWatch
 from index_builder.search.searcher import Searcher
