@@ -37,6 +37,11 @@ def delete_items(index: Path, image_ids: list[str], caption_ids: list[str]) -> d
     index (hard links to the unchanged files, an edited copy of the metadata, the new
     manifest) and swapped in with one atomic step (durable.commit_dir)."""
     durable.recover(index)
+    with durable.exclusive(index):
+        return _delete_locked(index, image_ids, caption_ids)
+
+
+def _delete_locked(index: Path, image_ids: list[str], caption_ids: list[str]) -> dict[str, int]:
     manifest = fmt.read_manifest(index)
     fmt.verify_files(index, manifest, checksums=False)
     staged = durable.staged_path(index)
@@ -141,6 +146,13 @@ def append_segment(
     metadata, and commit it with the next generation. The old segments are hard links:
     the cost is the new rows, the metadata copy and the commit."""
     durable.recover(index_path)
+    with durable.exclusive(index_path):
+        return _append_locked(index_path, region_counts, caption_lengths, fill, image_records,
+                              caption_records, progress)  # fmt: skip
+
+
+def _append_locked(index_path, region_counts, caption_lengths, fill, image_records,
+                   caption_records, progress) -> dict[str, Any]:  # fmt: skip
     manifest = fmt.read_manifest(index_path)
     fmt.verify_files(index_path, manifest, checksums=False)
     if len(image_records) != len(region_counts) or len(caption_records) != len(caption_lengths):
@@ -208,10 +220,15 @@ def compact_index(index_path: Path, recall_queries: int = 100, progress=None) ->
     A side's cells carry over unless they drifted (see drift()) or the side has grown
     large enough to need cells it lacks; then they are retrained. Returns what was
     removed, merged and retrained."""
+    durable.recover(index_path)
+    with durable.exclusive(index_path):
+        return _compact_locked(index_path, recall_queries, progress)
+
+
+def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str, Any]:
     from index_builder.build.build import measure_recall
     from index_builder.format.reader import GalleryIndex
 
-    durable.recover(index_path)
     index = GalleryIndex(index_path, checksums=True)
     manifest = index.manifest
     images = np.flatnonzero(index.live_images)

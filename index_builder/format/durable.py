@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -35,6 +36,42 @@ from model.io import fsync_dir, replace_dir
 logger = logging.getLogger(__name__)
 
 BUILD_STATE = "state.json"  # a resumable build keeps its NAME.partial/ while it has one
+LOCK_ATTEMPTS = 5  # tries to lock an index directory that an exchange keeps replacing
+
+
+class Busy(ValueError):
+    """Another command is changing the same index right now."""
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the index's write lock (an flock on its directory) for one change: two
+    changes staged from the same generation would otherwise both commit, and the later
+    would drop what the earlier added. A second command is refused at once, never
+    queued. The directory is exchanged on commit, so after locking, the name must still
+    lead to the locked directory (else the lock is taken again on the new one)."""
+    for _ in range(LOCK_ATTEMPTS):
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"index {target} does not exist; build it with `chan index build`"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(f"another command is changing {target} right now: run this one "
+                       "when it has finished") from None  # fmt: skip
+        if os.fstat(fd).st_ino == os.stat(target).st_ino:
+            break
+        os.close(fd)  # an exchange happened between the open and the lock
+    else:
+        raise Busy(f"{target} kept changing while this command tried to lock it: run it again")
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def staged_path(target: Path, purpose: str = "edit") -> Path:

@@ -252,3 +252,26 @@ def test_bench_add_grows_a_searched_index_without_failures(capsys, tmp_path):
         assert report["after"][name] >= report["before"][name] - 0.05
     assert report["compact"]["same_top10"] >= 0.9
     assert set(report["drift"]) == {"regions", "words"}  # both sides went through cells
+
+
+def test_a_second_change_while_one_runs_is_refused_not_lost(world, parts, tmp_path):
+    """Two changes staged from one generation would both commit and the later would drop
+    the earlier's rows: while one holds the index's lock, the others are refused."""
+    from index_builder.format import durable
+
+    index = tmp_path / "idx"
+    shutil.copytree(parts["base"], index)
+    before = fmt.read_manifest(index)["generation"]
+    with durable.exclusive(index):
+        with pytest.raises(durable.Busy, match="another command is changing"):
+            delete_items(index, [parts["last_ids"][0]], [])
+        loose = tmp_path / "loose.jsonl"
+        loose.write_text(json.dumps({"id": "loose", "text": "a red star"}) + "\n")
+        with pytest.raises(durable.Busy):
+            add_items(index, world / "ckpt", captions=loose, progress=False)
+        with pytest.raises(durable.Busy):
+            compact_index(index)
+    assert fmt.read_manifest(index)["generation"] == before
+    delete_items(index, [], [])  # the lock is free again
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        delete_items(tmp_path / "nowhere", ["x"], [])
