@@ -16,9 +16,7 @@ import dataclasses
 import itertools
 import json
 import logging
-import resource
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index_builder.bench.search import SearchBenchOptions, World, build
+from index_builder.bench.search import SearchBenchOptions, World, bench_workdir, build, peak_rss
 from index_builder.build.edit import append_segment, compact_index
 from index_builder.format import durable
 from index_builder.format.metadata import CaptionRecord, ImageRecord
@@ -69,11 +67,10 @@ def run_add_bench(args: AddBenchOptions) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     total = args.images + args.add
     world = World(_world_options(args, total))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chan-bench-add-"))
     report: dict[str, Any] = {"images": args.images, "add": args.add, "segments": args.segments,
                               "storage": args.storage, "clients": args.clients,
                               "threads": args.threads}  # fmt: skip
-    try:
+    with bench_workdir(args.workdir, "chan-bench-add-") as workdir:
         base = workdir / f"base-{args.storage}-{args.images}"
         report["base_build_s"] = _built(world, base, args, args.images)
         grown = workdir / "grown"
@@ -87,11 +84,7 @@ def run_add_bench(args: AddBenchOptions) -> dict[str, Any]:
             report["compact"] = _compact_against_fresh(world, grown, workdir, args, total)
         if not args.keep:
             shutil.rmtree(grown, ignore_errors=True)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return report
+    return report | peak_rss()
 
 
 def _world_options(args: AddBenchOptions, images: int) -> SearchBenchOptions:

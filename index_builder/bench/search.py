@@ -9,6 +9,7 @@ words are noisy copies of its image's concepts plus shared "function words" (as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,6 +19,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,11 +274,10 @@ def run_search_bench(args: SearchBenchOptions) -> dict[str, Any]:
             raise ValueError("--index needs --checkpoint (the model that built it)")
         return measure_existing(args)
     world = World(args)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chan-bench-"))
     report: dict[str, Any] = {"images": args.images, "regions": args.regions, "dim": args.dim,
                               "captions": args.images * args.captions_per_image,
                               "threads": args.threads, "storage": {}}  # fmt: skip
-    try:
+    with bench_workdir(args.workdir, "chan-bench-") as workdir:
         for storage in args.storage:
             out = workdir / f"index-{storage}"
             figures = _reused(out, args) if args.keep else None
@@ -288,11 +289,23 @@ def run_search_bench(args: SearchBenchOptions) -> dict[str, Any]:
             report["storage"][storage] = figures
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
+    return report | peak_rss()
+
+
+@contextlib.contextmanager
+def bench_workdir(path: Path | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's working folder: `path` (kept), or a temporary one removed after."""
+    workdir = path or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
     finally:
-        if args.workdir is None:
+        if path is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return report
+
+
+def peak_rss() -> dict[str, int]:
+    """The process's peak resident memory so far, for a report."""
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def format_report(report: dict[str, Any]) -> str:
