@@ -31,6 +31,7 @@ from index_builder.format import durable
 from index_builder.format.metadata import CaptionRecord, ImageRecord
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.live import GenerationWatch
+from index_builder.search.searcher import Searcher
 from index_builder.search.vectors import SearchParams, VectorSearcher
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _add_under_load(world: World, index: Path, args: AddBenchOptions) -> dict[str, Any]:
-    holder = {"searcher": _Vectors(index)}
+    # the product's searcher, over query vectors only: synthetic vectors have no model
+    opened = GalleryIndex(index, checksums=False)
+    holder = {"searcher": Searcher([opened], None, SearchParams(), index)}
     watch = GenerationWatch(lambda: holder["searcher"], lambda new: holder.update(searcher=new),
                             WATCH_SECONDS, checksums=False).start()  # fmt: skip
     stop, failures, searches = threading.Event(), [], [0]
@@ -124,7 +127,7 @@ def _add_under_load(world: World, index: Path, args: AddBenchOptions) -> dict[st
         torch.set_num_threads(args.threads)
         while not stop.is_set():
             try:
-                holder["searcher"].vectors.images_for_words(query, 10)
+                holder["searcher"].shards[0].vectors.images_for_words(query, 10)
                 searches[0] += 1
             except Exception as exc:  # counted: the bench reports failed searches
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -141,7 +144,7 @@ def _add_under_load(world: World, index: Path, args: AddBenchOptions) -> dict[st
         finished = time.monotonic()
         pickup = None
         while time.monotonic() - finished < PICKUP_LIMIT_S:
-            rows = holder["searcher"].vectors.images_for_words(query, 10).rows
+            rows = holder["searcher"].shards[0].vectors.images_for_words(query, 10).rows
             if probe_image in rows.tolist():
                 pickup = round(time.monotonic() - finished, 2)
                 break
@@ -155,32 +158,6 @@ def _add_under_load(world: World, index: Path, args: AddBenchOptions) -> dict[st
             "pickup_s": pickup, "searches_during": searches[0],
             "failed_searches": len(failures), "failures": failures[:3],
             "drift": added["drift"]}  # fmt: skip
-
-
-class _Vectors:
-    """The searchable side of one index generation for the GenerationWatch: what
-    Searcher offers it (generations, refreshed) over a bare VectorSearcher, since the
-    synthetic vectors have no model to encode queries."""
-
-    def __init__(self, path: Path, previous: GalleryIndex | None = None) -> None:
-        self.root = path
-        self.index = GalleryIndex(path, checksums=False, previous=previous)
-        self.vectors = VectorSearcher(self.index, SearchParams())
-
-    @property
-    def generations(self) -> dict[Path, int]:
-        return {self.root: self.index.generation}
-
-    def generations_on_disk(self) -> dict[Path, int] | None:
-        from index_builder.format import layout as fmt
-
-        try:
-            return {self.root: fmt.read_generation(self.root)}
-        except (OSError, ValueError):
-            return None
-
-    def refreshed(self, checksums: bool = False) -> _Vectors:
-        return _Vectors(self.root, self.index)
 
 
 def _append(world: World, index: Path, start: int, stop: int) -> dict[str, Any]:

@@ -93,10 +93,7 @@ def train_centroids(
     low = points.to(product_dtype())
     centroids = points[torch.from_numpy(seed_centroids(low, cells, rng))].clone()
     for _ in tqdm(range(iterations), desc=f"k-means ({cells} cells)", disable=_quiet(progress)):
-        if two_level or (two_level is None and cells >= TWO_LEVEL_MIN_CELLS):
-            assign, _ = Assigner(centroids.numpy(), two_level=True)(points)  # regrouped
-        else:
-            assign = nearest_cells(low, centroids)
+        assign, _ = Assigner(centroids.numpy(), two_level)(low)  # regrouped every pass
         sums = torch.zeros_like(centroids).index_add_(0, assign, points)
         sizes = torch.bincount(assign, minlength=cells)
         empty = torch.nonzero(sizes == 0).flatten()
@@ -136,16 +133,21 @@ def seed_centroids(points: torch.Tensor, cells: int, rng: np.random.Generator) -
     return np.array(chosen[:cells])
 
 
-def nearest_cells(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the most similar centroid (inner product) of every vector, the products
-    in product_dtype()."""
+def nearest_cells(
+    vectors: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the most similar centroid (inner product) of every vector, and that
+    similarity; the products in product_dtype()."""
     dtype = product_dtype()
     cents = centroids.to(dtype)
-    out = torch.empty(len(vectors), dtype=torch.int64)
+    cells = torch.empty(len(vectors), dtype=torch.int64)
+    sims = torch.empty(len(vectors), dtype=torch.float32)
     for start in range(0, len(vectors), ASSIGN_BATCH):
         block = vectors[start : start + ASSIGN_BATCH].to(dtype)
-        out[start : start + len(block)] = (block @ cents.T).argmax(dim=1)
-    return out
+        best = (block @ cents.T).float().max(dim=1)
+        cells[start : start + len(block)] = best.indices
+        sims[start : start + len(block)] = best.values
+    return cells, sims
 
 
 class Assigner:
@@ -156,8 +158,8 @@ class Assigner:
     4,096 (about 12x fewer); `chan bench cells` measures the time and how often the
     cell found is the exact nearest one. A vector whose nearest centroid lies in a group
     it did not search ends far from home, so the RECHECK_SHARE least similar vectors of
-    each block are assigned exactly again. Up to TWO_LEVEL_MIN_CELLS cells the exact
-    product is used."""
+    each block are assigned exactly again. Below TWO_LEVEL_MIN_CELLS cells the exact
+    product (nearest_cells) is used."""
 
     def __init__(self, centroids: np.ndarray, two_level: bool | None = None) -> None:
         self.centroids = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
@@ -168,24 +170,23 @@ class Assigner:
         groups = max(2, 2 ** round(math.log2(math.sqrt(cells))))
         centres = train_centroids(centroids, groups, CELL_ITERATIONS, seed=2, progress=False)
         self.centres = torch.from_numpy(centres)
-        member = nearest_cells(self.centroids, self.centres)
+        member, _ = nearest_cells(self.centroids, self.centres)
         self.members = [torch.nonzero(member == g).flatten() for g in range(groups)]
         self.probes = min(GROUP_PROBES, groups)
 
     def __call__(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, d) float32 -> each vector's cell (n,) int64 and its similarity (n,)."""
+        """(n, d) vectors -> each vector's cell (n,) int64 and its similarity (n,)."""
+        if not self.two_level:
+            return nearest_cells(vectors, self.centroids)
         dtype = product_dtype()
         cells = torch.empty(len(vectors), dtype=torch.int64)
         sims = torch.empty(len(vectors), dtype=torch.float32)
         for start in range(0, len(vectors), ASSIGN_BATCH):
             block = vectors[start : start + ASSIGN_BATCH]
-            found = self._two(block, dtype) if self.two_level else self._exact(block, dtype)
-            cells[start : start + len(block)], sims[start : start + len(block)] = found
+            cells[start : start + len(block)], sims[start : start + len(block)] = self._two(
+                block, dtype
+            )
         return cells, sims
-
-    def _exact(self, block: torch.Tensor, dtype: torch.dtype):
-        best = (block.to(dtype) @ self.centroids.to(dtype).T).float().max(dim=1)
-        return best.indices, best.values
 
     def _two(self, block: torch.Tensor, dtype: torch.dtype):
         low = block.to(dtype)
@@ -205,8 +206,7 @@ class Assigner:
         # with a far cell, among the least similar of the block: those are redone exactly
         doubt = torch.nonzero(best_sim <= torch.quantile(best_sim, RECHECK_SHARE)).flatten()
         if len(doubt):
-            cell, sim = self._exact(block[doubt], dtype)
-            best_cell[doubt], best_sim[doubt] = cell, sim
+            best_cell[doubt], best_sim[doubt] = nearest_cells(block[doubt], self.centroids)
         return best_cell, best_sim
 
 
@@ -223,8 +223,8 @@ def write_codes(
         for start in tqdm(steps, desc=f"assign {path.stem}", disable=_quiet(progress)):
             stop = min(count, start + FETCH_BATCH)
             vectors = torch.from_numpy(np.ascontiguousarray(fetch(np.arange(start, stop))))
-            cells, _ = assign(vectors)
-            total += float(torch.einsum("nd,nd->n", vectors, assign.centroids[cells]).sum())
+            cells, sims = assign(vectors)
+            total += float(sims.sum())
             writer.write(start, cells.numpy().astype(np.int32))
     return total / count if count else 0.0
 

@@ -25,7 +25,7 @@ from index_builder.build.cells import cell_count
 from index_builder.build.writer import RETRAIN_DRIFT, IndexWriter, SegmentWriter, WriterSpec
 from index_builder.format import durable
 from index_builder.format import layout as fmt
-from index_builder.format.manifest import CENTROID_FILES, drift
+from index_builder.format.manifest import CENTROID_FILES, drift, next_generation
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _delete_locked(index: Path, image_ids: list[str], caption_ids: list[str]) ->
                 "captions": store.delete_captions(caption_ids) if caption_ids else 0,
             }
         manifest["files"][fmt.METADATA] = fmt.file_entries(staged, [fmt.METADATA])[fmt.METADATA]
-        manifest["generation"] = manifest.get("generation", 1) + 1
+        manifest["generation"] = next_generation(manifest)
         fmt.write_manifest(staged, manifest)
         durable.commit_dir(staged, index)
     except BaseException:
@@ -205,7 +205,7 @@ def _grow_manifest(manifest: dict[str, Any], entry: dict[str, Any], writer) -> N
     counts["region_vectors"] += int(writer.counts.sum())
     counts["word_vectors"] += int(writer.lengths.sum())
     manifest["segments"].append(entry)
-    manifest["generation"] = manifest.get("generation", 1) + 1
+    manifest["generation"] = next_generation(manifest)
 
 
 # ---------------------------------------------------------------------- compact
@@ -239,7 +239,7 @@ def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str
         "segments": len(manifest["segments"]),
         "drift": drift(manifest),
     }
-    retrain = _sides_to_retrain(index, manifest, images, captions)
+    retrain = _sides_to_retrain(index, manifest, report["drift"], images, captions)
     report["retrained"] = retrain
     if not (report["images"] or report["captions"] or retrain) and report["segments"] == 1:
         index.close()
@@ -267,15 +267,15 @@ def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str
         return measure_recall(work, recall_queries, 0)
 
     writer.finish(image_records, caption_records, measure, progress, kept,
-                  generation=manifest.get("generation", 1) + 1)  # fmt: skip
+                  generation=next_generation(manifest))  # fmt: skip
     return report
 
 
-def _sides_to_retrain(index, manifest: dict, images: np.ndarray, captions: np.ndarray) -> list:
+def _sides_to_retrain(index, manifest: dict, drifted: dict[str, float], images: np.ndarray,
+                      captions: np.ndarray) -> list:  # fmt: skip
     """Sides whose cells drifted past their threshold, or that have no cells and now
     hold enough vectors to want them."""
     sides = []
-    drifted = drift(manifest)
     for side, cells in manifest["cells"].items():
         if drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT):
             sides.append(side)

@@ -200,3 +200,8 @@ def drift(manifest: dict[str, Any]) -> dict[str, float]:
         added_error = sum((1 - sim) * n for sim, n in added) / weight
         out[side] = round(added_error / max(1 - trained, 1e-9), 4)
     return out
+
+
+def next_generation(manifest: dict[str, Any]) -> int:
+    """The generation a change of this index commits (an index before generations: 1)."""
+    return manifest.get("generation", 1) + 1

@@ -10,25 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
 
+from index_builder.search.searcher import Searcher
 from model.errors import first_line
 
 logger = logging.getLogger(__name__)
-
-
-class Followed(Protocol):
-    """What the watch needs of a searcher (index_builder.search.searcher.Searcher)."""
-
-    root: Path | None
-
-    @property
-    def generations(self) -> dict[Path, int]: ...
-
-    def generations_on_disk(self) -> dict[Path, int] | None: ...
-
-    def refreshed(self, checksums: bool = True) -> Followed: ...
 
 
 class GenerationWatch:
@@ -37,8 +23,8 @@ class GenerationWatch:
 
     def __init__(
         self,
-        current: Callable[[], Followed | None],
-        swap: Callable[[Followed], None],
+        current: Callable[[], Searcher | None],
+        swap: Callable[[Searcher], None],
         interval: float,
         checksums: bool = True,
     ) -> None:

@@ -40,7 +40,8 @@ def test_two_level_assignment_finds_the_exact_cells_of_clustered_data():
     np.testing.assert_allclose(sims, (vectors * torch.from_numpy(centroids)[cells]).sum(1),
                                atol=1e-5)  # fmt: skip
     assert float((exact_sims - sims).max()) < 0.1  # a miss is a near-tie, never a far cell
-    np.testing.assert_array_equal(exact_cells, nearest_cells(vectors, torch.from_numpy(centroids)))
+    nearest, _ = nearest_cells(vectors, torch.from_numpy(centroids))
+    np.testing.assert_array_equal(exact_cells, nearest)
 
 
 def test_kmeans_finds_separated_clusters_and_codes_follow_them(tmp_path):
@@ -65,8 +66,9 @@ def test_nearest_cells_is_the_argmax_of_inner_products():
     rng = np.random.default_rng(1)
     centroids = _unit(rng.normal(size=(50, 32)))
     vectors = _unit(centroids[rng.integers(0, 50, 300)] + rng.normal(size=(300, 32)) * 0.1)
-    got = nearest_cells(torch.from_numpy(vectors), torch.from_numpy(centroids)).numpy()
-    np.testing.assert_array_equal(got, (vectors @ centroids.T).argmax(axis=1))
+    got, sims = nearest_cells(torch.from_numpy(vectors), torch.from_numpy(centroids))
+    np.testing.assert_array_equal(got.numpy(), (vectors @ centroids.T).argmax(axis=1))
+    np.testing.assert_allclose(sims.numpy(), (vectors @ centroids.T).max(axis=1), atol=1e-5)
 
 
 def test_too_many_cells_is_refused():
