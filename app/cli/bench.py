@@ -7,6 +7,7 @@ Flags default to None ("not given") so the benchmarks' own defaults are the only
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -38,6 +39,24 @@ def check_positive(values: object, *names: str) -> None:
     for name in names:
         if getattr(values, name) is not None and getattr(values, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def run_options(args: argparse.Namespace, options_type: type, run, report_text) -> int:
+    """The given flags as the benchmark's frozen options dataclass (its defaults for the
+    rest), the benchmark run, its report printed."""
+    names = [field.name for field in dataclasses.fields(options_type)]
+    report = run(options_type(**given(args, *names)))
+    return print_report(report_text(report), report, args.json)
+
+
+def add_world_flags(add, captions: bool = True) -> None:
+    """The synthetic embeddings' flags (index_builder.bench.search.World)."""
+    add("--regions", type=int, help="K (36)")
+    add("--dim", type=int, help="d (1024)")
+    if captions:
+        add("--captions-per-image", type=int, help="(5)")
+        add("--words", type=int, help="words per caption (12)")
+    add("--concepts", type=int, help="concept centroids (2048)")
 
 
 def print_report(text: str, report: dict[str, Any], as_json: bool) -> int:
@@ -118,11 +137,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     )
     add = parser.add_argument
     add("--images", type=int, help="gallery size (10000)")
-    add("--regions", type=int, help="K (36)")
-    add("--dim", type=int, help="d (1024)")
-    add("--captions-per-image", type=int)
-    add("--words", type=int, help="words per caption (12)")
-    add("--concepts", type=int, help="concept centroids (2048)")
+    add_world_flags(add)
     add("--queries", type=int, help="queries per direction (50)")
     add("--storage", nargs="+", choices=["float16", "int8"])
     add("--threads", type=int, help="torch threads per query (1, as the service runs)")
@@ -142,13 +157,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from index_builder.bench.search import SearchBenchOptions, format_report, run_search_bench
 
-    options = SearchBenchOptions(**given(args, *(f.name for f in fields(SearchBenchOptions))))
-    report = run_search_bench(options)
-    return print_report(format_report(report), report, args.json)
+    return run_options(args, SearchBenchOptions, run_search_bench, format_report)
 
 
 def _add_add(sub: argparse._SubParsersAction) -> None:
@@ -167,11 +178,7 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
     add("--add", type=int, help="images added, with their captions (1000)")
     add("--segments", type=int, help="the added images arrive in this many adds (1)")
     add("--storage", choices=["float16", "int8"], help="(int8)")
-    add("--regions", type=int, help="K (36)")
-    add("--dim", type=int, help="d (1024)")
-    add("--captions-per-image", type=int, help="(5)")
-    add("--words", type=int, help="words per caption (12)")
-    add("--concepts", type=int, help="concept centroids (2048)")
+    add_world_flags(add)
     add("--queries", type=int, help="queries per direction for recall (50)")
     add("--clients", type=int, help="threads searching during the adds (2)")
     add("--threads", type=int, help="torch threads per query (1)")
@@ -186,14 +193,10 @@ def _add_add(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_add(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from index_builder.bench.add import AddBenchOptions, format_report, run_add_bench
 
     check_positive(args, "images", "add", "segments", "queries", "clients", "threads")
-    options = AddBenchOptions(**given(args, *(f.name for f in fields(AddBenchOptions))))
-    report = run_add_bench(options)
-    return print_report(format_report(report), report, args.json)
+    return run_options(args, AddBenchOptions, run_add_bench, format_report)
 
 
 def _add_cells(sub: argparse._SubParsersAction) -> None:
@@ -204,9 +207,7 @@ def _add_cells(sub: argparse._SubParsersAction) -> None:
     add = parser.add_argument
     add("--images", type=int, help="synthetic images whose regions are the vectors (9000)")
     add("--cells", type=int, help="(4096)")
-    add("--dim", type=int, help="d (1024)")
-    add("--regions", type=int, help="K (36)")
-    add("--concepts", type=int, help="concept centroids (2048)")
+    add_world_flags(add, captions=False)
     add("--iterations", type=int, help="k-means passes (10)")
     add("--threads", type=int, help="torch threads (2)")
     add("--seed", type=int)
@@ -215,11 +216,7 @@ def _add_cells(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_cells(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from index_builder.bench.cells import CellsBenchOptions, format_report, run_cells_bench
 
     check_positive(args, "images", "cells", "dim", "regions", "concepts", "iterations", "threads")
-    options = CellsBenchOptions(**given(args, *(f.name for f in fields(CellsBenchOptions))))
-    report = run_cells_bench(options)
-    return print_report(format_report(report), report, args.json)
+    return run_options(args, CellsBenchOptions, run_cells_bench, format_report)
