@@ -116,6 +116,13 @@ def summary(path: Path) -> str:
     for side in ("regions", "words"):
         cells = m["cells"].get(side)
         shown = f"{cells['cells']:,} k-means cells" if cells else "no cells (scanned exactly)"
+        if cells and cells.get("residual"):
+            residual = cells["residual"]
+            shown += (f", residual codes of {(residual['subspaces'] + 1) // 2} B per vector "
+                      f"({residual['subspaces']} 4-bit slices, error {residual['error']:.3f} "
+                      f"of the bare cell's)")  # fmt: skip
+        elif cells:
+            shown += ", no residual codes (`chan index compact` adds them)"
         if cells and cells.get("retrain_drift"):
             shown += f", drift {drifted[side]:.3f} (compact retrains past {cells['retrain_drift']})"
         lines.append(f"  {side}: {shown}")

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index_builder.build.residuals import code_bytes
 from index_builder.build.writer import IndexWriter, WriterSpec
+from index_builder.format.manifest import RESIDUAL_FILES
 from index_builder.format.metadata import CaptionRecord, ImageRecord
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.vectors import SearchParams, VectorSearcher
@@ -178,7 +180,11 @@ def measure(world: World, out: Path, params: SearchParams | None = None) -> dict
     args = world.args
     rss_before = _rss_bytes()
     index = GalleryIndex(out, checksums=False)
-    rss_index = _rss_bytes() - rss_before
+    VectorSearcher(index, params)  # its inverted lists, as a served index holds them
+    # grown at open: cell codes, lists, offsets; the residual codes are memory-mapped
+    # and touched at random by every query, so they count in full
+    residual_files = [p for name in RESIDUAL_FILES.values() for p in out.glob(f"seg*/{name}")]
+    rss_index = _rss_bytes() - rss_before + sum(p.stat().st_size for p in residual_files)
     rng = np.random.default_rng(args.seed + 7)
     images = rng.integers(0, args.images, args.queries)
     text_queries = [torch.from_numpy(world.caption(int(i), 99)) for i in images]
@@ -196,40 +202,61 @@ def _stored_images(index: GalleryIndex, count: int, rng: np.random.Generator) ->
     return [regions[i, : int(counts[i])] for i in range(len(rows))]
 
 
+CANDIDATE_SWEEP = (50, 100, 150, 200, 300, 400)  # C values whose recall@10 the report lists
+
+
 def measure_queries(
     index: GalleryIndex, text_queries: list, image_queries: list, params: SearchParams | None
 ) -> dict:
-    """Latency of shortlist + rerank and of exhaustive search, and recall@10 of the
-    first against the second, per direction."""
-    searcher = VectorSearcher(index, params or SearchParams())
+    """Per direction: recall@10 and latency of the search path against exhaustive exact
+    search, measured side by side with the previous path (the second stage from bare
+    centroids, its own C), and recall@10 for each C of CANDIDATE_SWEEP."""
+    params = params or SearchParams()
+    searcher = VectorSearcher(index, params)
+    centroid = VectorSearcher(index, dataclasses.replace(params, residuals=False))
     result: dict[str, Any] = {
         "cells": {side: c["cells"] for side, c in index.manifest["cells"].items()},
+        "residual_bytes": {side: code_bytes(c["residual"]["subspaces"])
+                           for side, c in index.manifest["cells"].items() if c.get("residual")},
         "search": dataclasses.asdict(searcher.params),
-    }
-    for name, queries, run in (
-        ("text_to_image", text_queries, searcher.images_for_words),
-        ("image_to_text", image_queries, searcher.captions_for_regions),
-    ):
-        run(queries[0], 10)  # warm-up: page in the index structures
-        # every fast query first, then the exhaustive ones: a full scan of a gallery
-        # larger than the page cache would otherwise evict what the next query reads
-        fast, exact, found = [], [], []
+    }  # fmt: skip
+    for name, queries, run, run_centroid, default in (
+        ("text_to_image", text_queries, searcher.images_for_words,
+         centroid.images_for_words, searcher.candidates),
+        ("image_to_text", image_queries, searcher.captions_for_regions,
+         centroid.captions_for_regions, searcher.caption_candidates),
+    ):  # fmt: skip
+        # exhaustive first: every path is compared with the same truths
+        exact, truths = [], []
+        run(queries[0], 10, exhaustive=True)  # warm-up: page in the index structures
         for query in queries:
             started = time.perf_counter()
-            found.append(run(query, 10).rows)
-            fast.append(time.perf_counter() - started)
-        recalls = []
-        for query, rows in zip(queries, found, strict=True):
-            started = time.perf_counter()
-            truth = run(query, 10, exhaustive=True)
+            truths.append(run(query, 10, exhaustive=True).rows)
             exact.append(time.perf_counter() - started)
-            recalls.append(len(np.intersect1d(rows, truth.rows)) / 10)
-        result[name] = {
-            "recall_at_10": round(float(np.mean(recalls)), 4),
-            "p50_ms": _pct(fast, 50), "p99_ms": _pct(fast, 99),
-            "exhaustive_p50_ms": _pct(exact, 50), "exhaustive_p99_ms": _pct(exact, 99),
-        }  # fmt: skip
+        figures = _timed_recall(run, queries, truths) | {"candidates": default}
+        old = centroid.candidates if name == "text_to_image" else centroid.caption_candidates
+        figures["centroid_path"] = _timed_recall(run_centroid, queries, truths) | {
+            "candidates": old
+        }
+        figures["recall_by_candidates"] = {
+            str(c): _timed_recall(run, queries, truths, c)["recall_at_10"] for c in CANDIDATE_SWEEP
+        }
+        figures |= {"exhaustive_p50_ms": _pct(exact, 50), "exhaustive_p99_ms": _pct(exact, 99)}
+        result[name] = figures
     return result
+
+
+def _timed_recall(run, queries: list, truths: list, candidates: int | None = None) -> dict:
+    """recall@10 of `run` against the truths, and its latency (after one warm-up)."""
+    run(queries[0], 10, candidates)
+    times, recalls = [], []
+    for query, truth in zip(queries, truths, strict=True):
+        started = time.perf_counter()
+        rows = run(query, 10, candidates).rows
+        times.append(time.perf_counter() - started)
+        recalls.append(len(np.intersect1d(rows, truth)) / 10)
+    return {"recall_at_10": round(float(np.mean(recalls)), 4),
+            "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99)}  # fmt: skip
 
 
 def measure_existing(args: SearchBenchOptions) -> dict[str, Any]:
@@ -323,10 +350,18 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"[{storage}] cells {f['cells']}, text encoding p50 "
                          f"{f['text_encode_p50_ms']} ms")  # fmt: skip
         for name in ("text_to_image", "image_to_text"):
-            d = f[name]
+            d, old = f[name], f[name]["centroid_path"]
             lines.append(
                 f"  {name}: recall@10 {d['recall_at_10']:.3f}, p50 {d['p50_ms']} ms, "
-                f"p99 {d['p99_ms']} ms; exhaustive p50 {d['exhaustive_p50_ms']} ms "
+                f"p99 {d['p99_ms']} ms at C={d['candidates']}; exhaustive p50 "
+                f"{d['exhaustive_p50_ms']} ms "
                 f"(x{d['exhaustive_p50_ms'] / max(d['p50_ms'], 1e-9):.1f})"
             )
+            lines.append(
+                f"    bare centroids (previous path): recall@10 {old['recall_at_10']:.3f}, "
+                f"p50 {old['p50_ms']} ms, p99 {old['p99_ms']} ms at C={old['candidates']} "
+                f"(x{old['p50_ms'] / max(d['p50_ms'], 1e-9):.2f} the time)"
+            )
+            sweep = ", ".join(f"C={c} {r:.3f}" for c, r in d["recall_by_candidates"].items())
+            lines.append(f"    recall@10 by C: {sweep}")
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 Every stored vector (an image region, a caption word) belongs to the cell of its nearest
 centroid. The searcher uses cells twice (see search/vectors.py): inverted lists
 (search/lists.py) give the items that have a vector in the cells nearest a query vector
-(candidate generation, sublinear in the gallery), and centroid similarities approximate
-every vector of a candidate (centroid interaction) before the exact rerank.
+(candidate generation, sublinear in the gallery), and centroid similarities plus the
+vectors' residual codes (residuals.py) approximate every vector of a candidate before
+the exact rerank.
 
 Training and assignment are matrix products in torch, in bf16 where the CPU multiplies
 bf16 natively (AVX512-BF16 or AMX: about 270 GFLOP/s against 160 for fp32 on a Zen 4
@@ -211,21 +212,42 @@ class Assigner:
 
 
 def write_codes(
-    centroids: np.ndarray, count: int, fetch: Fetch, path: Path, progress: bool | None = None
+    centroids: np.ndarray,
+    count: int,
+    fetch: Fetch,
+    path: Path,
+    progress: bool | None = None,
+    residuals: tuple[np.ndarray, Path] | None = None,
 ) -> float:
     """The cell of every one of `count` vectors (see Assigner), streamed into an int32
-    .npy; returns the vectors' mean similarity to their cell (0 for no vectors)."""
+    .npy, and with `residuals` (a PQ codebook and a path) the uint8 codes of
+    each vector's residual from its cell (build/residuals.py); returns the vectors' mean
+    similarity to their cell (0 for no vectors)."""
+    from index_builder.build.residuals import code_bytes, encode_residuals
+
     assign = Assigner(centroids)
     preallocate_npy(path, (count,), np.int32)
+    codebook = residual_writer = None
+    if residuals is not None:
+        codebook = torch.from_numpy(np.ascontiguousarray(residuals[0], np.float32))
+        preallocate_npy(residuals[1], (count, code_bytes(len(codebook))), np.uint8)
+        residual_writer = RowWriter(residuals[1])
     total = 0.0
-    with RowWriter(path) as writer:
-        steps = range(0, count, FETCH_BATCH)
-        for start in tqdm(steps, desc=f"assign {path.stem}", disable=_quiet(progress)):
-            stop = min(count, start + FETCH_BATCH)
-            vectors = torch.from_numpy(np.ascontiguousarray(fetch(np.arange(start, stop))))
-            cells, sims = assign(vectors)
-            total += float(sims.sum())
-            writer.write(start, cells.numpy().astype(np.int32))
+    try:
+        with RowWriter(path) as writer:
+            steps = range(0, count, FETCH_BATCH)
+            for start in tqdm(steps, desc=f"assign {path.stem}", disable=_quiet(progress)):
+                stop = min(count, start + FETCH_BATCH)
+                vectors = torch.from_numpy(np.ascontiguousarray(fetch(np.arange(start, stop))))
+                cells, sims = assign(vectors)
+                total += float(sims.sum())
+                writer.write(start, cells.numpy().astype(np.int32))
+                if residual_writer is not None:
+                    codes = encode_residuals(vectors, assign.centroids, cells, codebook)
+                    residual_writer.write(start, codes)
+    finally:
+        if residual_writer is not None:
+            residual_writer.close()
     return total / count if count else 0.0
 
 

@@ -22,10 +22,21 @@ from typing import Any
 import numpy as np
 
 from index_builder.build.cells import cell_count
-from index_builder.build.writer import RETRAIN_DRIFT, IndexWriter, SegmentWriter, WriterSpec
+from index_builder.build.writer import (
+    RETRAIN_DRIFT,
+    IndexWriter,
+    KeptCells,
+    SegmentWriter,
+    WriterSpec,
+)
 from index_builder.format import durable
 from index_builder.format import layout as fmt
-from index_builder.format.manifest import CENTROID_FILES, drift, next_generation
+from index_builder.format.manifest import (
+    CENTROID_FILES,
+    CODEBOOK_FILES,
+    drift,
+    next_generation,
+)
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -174,9 +185,10 @@ def _append_locked(index_path, region_counts, caption_lengths, fill, image_recor
         if not writer.complete:
             raise ValueError(f"the new segment {name} was not completely written")
         similarity = {}
-        for side in manifest["cells"]:
+        for side, cells in manifest["cells"].items():
             centroids = np.load(staged / CENTROID_FILES[side])
-            similarity[side] = round(writer.assign_cells(side, centroids, progress), 6)
+            codebook = np.load(staged / CODEBOOK_FILES[side]) if cells.get("residual") else None
+            similarity[side] = round(writer.assign_cells(side, centroids, codebook, progress), 6)
         with MetadataStore.open(staged / fmt.METADATA, readonly=False) as store:
             store.add_images(image_records)
             store.add_captions(caption_records)
@@ -273,11 +285,13 @@ def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str
 
 def _sides_to_retrain(index, manifest: dict, drifted: dict[str, float], images: np.ndarray,
                       captions: np.ndarray) -> list:  # fmt: skip
-    """Sides whose cells drifted past their threshold, or that have no cells and now
-    hold enough vectors to want them."""
+    """Sides whose cells drifted past their threshold or have no residual codes (an
+    index built before them: compact upgrades it), or that have no cells and now hold
+    enough vectors to want them."""
     sides = []
     for side, cells in manifest["cells"].items():
-        if drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT):
+        drifted_away = drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT)
+        if drifted_away or not cells.get("residual"):
             sides.append(side)
     vectors = {"regions": int(index.counts[images].sum()),
                "words": int(np.diff(index.word_offsets)[captions].sum())}  # fmt: skip
@@ -297,7 +311,8 @@ def _retrained_cells(manifest: dict, side: str, retrain: list) -> int | None:
 
 def _kept_cells(index, manifest: dict, images: np.ndarray, captions: np.ndarray,
                 retrain: list) -> dict:  # fmt: skip
-    """The centroids and the live rows' codes of every side with cells not retrained."""
+    """The centroids, codebook and the live rows' codes of every side with cells not
+    retrained."""
     from index_builder.search.vectors import item_positions
 
     kept = {}
@@ -305,12 +320,14 @@ def _kept_cells(index, manifest: dict, images: np.ndarray, captions: np.ndarray,
         if side in retrain:
             continue
         if side == "regions":
-            codes = index.region_codes[item_positions(index.region_starts, images)[0]]
-            centroids = index.region_centroids
+            live = item_positions(index.region_starts, images)[0]
+            codes, centroids = index.region_codes[live], index.region_centroids
+            codebook, residuals = index.region_residuals
         else:
-            codes = index.word_codes[item_positions(index.word_offsets, captions)[0]]
-            centroids = index.word_centroids
-        kept[side] = (centroids, codes, manifest["cells"][side])
+            live = item_positions(index.word_offsets, captions)[0]
+            codes, centroids = index.word_codes[live], index.word_centroids
+            codebook, residuals = index.word_residuals
+        kept[side] = KeptCells(centroids, codes, codebook, residuals[live], manifest["cells"][side])
     return kept
 
 

@@ -95,7 +95,49 @@ def _check_cells(index: GalleryIndex) -> list[str]:
         done.append(f"{side}: {len(centroids):,} cells of d={centroids.shape[1]}, "
                     f"{vectors:,} vectors coded, {used:,} cells in use, "
                     f"{len(positions):,} sampled vectors in their nearest cell")  # fmt: skip
+        residuals = index.region_residuals if side == "regions" else index.word_residuals
+        if residuals is not None:
+            done.append(_check_residuals(index, side, residuals, sample, centroids,
+                                         codes[positions], positions))  # fmt: skip
     return done
+
+
+# Sampled residual codes that may differ from a fresh encoding: a near-tie between two
+# codewords can go either way in another float order; a damaged file differs wholesale.
+RESIDUAL_MISMATCH_SHARE = 0.01
+
+
+def _check_residuals(
+    index: GalleryIndex,
+    side: str,
+    residuals: tuple[np.ndarray, np.ndarray],
+    sample: np.ndarray,
+    centroids: np.ndarray,
+    cells: np.ndarray,
+    positions: np.ndarray,
+) -> str:
+    """The stored residual codes of the sampled vectors are their codes against the
+    codebook: encoded again, at most RESIDUAL_MISMATCH_SHARE of the slices differ."""
+    import torch
+
+    from index_builder.build.residuals import encode_residuals, unpack
+
+    codebook, stored = residuals
+    fresh = encode_residuals(
+        torch.from_numpy(np.array(sample, np.float32)),
+        torch.from_numpy(np.array(centroids, np.float32)),
+        torch.from_numpy(cells.astype(np.int64)),
+        torch.from_numpy(np.array(codebook, np.float32)),
+    )
+    slices = codebook.shape[0]
+    differ = float(np.mean(unpack(fresh, slices) != unpack(stored[positions], slices)))
+    if differ > RESIDUAL_MISMATCH_SHARE:
+        _fail(index.path, f"{side} residual codes of the sampled vectors differ from their "
+              f"encoding in {differ:.1%} of the slices")  # fmt: skip
+    return (
+        f"{side}: residual codes of {stored.shape[1]} bytes per vector, "
+        f"{len(positions):,} sampled vectors encode to them ({differ:.2%} of slices differ)"
+    )
 
 
 def _stored_vectors(index: GalleryIndex, side: str, positions: np.ndarray) -> np.ndarray:

@@ -19,17 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from index_builder.build.cells import (
     CELL_ITERATIONS,
+    Assigner,
     Fetch,
     cell_count,
     train_centroids,
     write_codes,
 )
+from index_builder.build.residuals import (
+    RESIDUAL_TRAIN_POINTS,
+    decode_residuals,
+    encode_residuals,
+    subspaces_for,
+    train_codebook,
+)
 from index_builder.format import durable
 from index_builder.format import layout as fmt
-from index_builder.format.manifest import CENTROID_FILES, CODE_FILES, segment_files
+from index_builder.format.manifest import (
+    CENTROID_FILES,
+    CODE_FILES,
+    CODEBOOK_FILES,
+    RESIDUAL_FILES,
+    segment_files,
+)
 from index_builder.format.metadata import CaptionRecord, ImageRecord, MetadataStore
 from index_builder.format.quant import dequantize, quantize_int8
 from model.io import RowWriter, load_state, preallocate_npy, save_state
@@ -41,8 +56,17 @@ CELL_TRAIN_POINTS = 32  # k-means sample per cell
 # similarity of a vector to its cell) of the vectors added since training exceeds the
 # error at training by this factor; the factor is recorded in the manifest.
 RETRAIN_DRIFT = 1.15
-# one side's cells kept through a rewrite: centroids, the rows' codes, the manifest entry
-KeptCells = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class KeptCells:
+    """One side's cells carried through a rewrite (a compaction that needs no retraining)."""
+
+    centroids: np.ndarray  # (cells, d)
+    codes: np.ndarray  # (n,) the kept rows' cells
+    codebook: np.ndarray  # (S, 256, d / S) residual codewords
+    residuals: np.ndarray  # (n, S) the kept rows' residual codes
+    entry: dict[str, Any]  # the side's manifest entry
 
 
 @dataclass(frozen=True)
@@ -162,17 +186,26 @@ class SegmentWriter:
         with RowWriter(self.seg / name) as writer:
             writer.write(start, rows)
 
-    def assign_cells(self, side: str, centroids: np.ndarray, progress: bool | None = None) -> float:
-        """Write the cell of every vector of one side against given centroids; returns
-        the vectors' mean similarity to their cell (1 - it is the quantisation error)."""
+    def assign_cells(
+        self,
+        side: str,
+        centroids: np.ndarray,
+        codebook: np.ndarray | None,
+        progress: bool | None = None,
+    ) -> float:
+        """Write the cell of every vector of one side against given centroids, and its
+        residual codes against `codebook` (None: the side has none); returns the
+        vectors' mean similarity to their cell (1 - it is the quantisation error)."""
         seg = fmt.open_segment(self.seg, self.spec.storage)
         count, fetch = side_vectors(seg, side)
-        return write_codes(centroids, count, fetch, self.seg / CODE_FILES[side], progress)
+        residuals = None if codebook is None else (codebook, self.seg / RESIDUAL_FILES[side])
+        return write_codes(centroids, count, fetch, self.seg / CODE_FILES[side], progress,
+                           residuals)  # fmt: skip
 
     def files(self) -> list[str]:
         """The segment's files, relative to the segment directory."""
-        codes = [name for name in CODE_FILES.values() if (self.seg / name).exists()]
-        return segment_files(self.spec.storage) + codes
+        names = [*CODE_FILES.values(), *RESIDUAL_FILES.values()]
+        return segment_files(self.spec.storage) + [n for n in names if (self.seg / n).exists()]
 
 
 class IndexWriter(SegmentWriter):
@@ -246,8 +279,8 @@ class IndexWriter(SegmentWriter):
         manifest = self._manifest(cells, generation)
         segment = fmt.segment_name(0)
         names = [fmt.METADATA, *(CENTROID_FILES[side] for side in cells)]
-        names += [f"{segment}/{f}" for f in segment_files(self.spec.storage)]
-        names += [f"{segment}/{CODE_FILES[side]}" for side in cells]
+        names += [CODEBOOK_FILES[side] for side in cells]
+        names += [f"{segment}/{f}" for f in self.files()]
         manifest["files"] = fmt.file_entries(self.work, names)
         fmt.write_manifest(self.work, manifest)  # complete: the recall run opens it
         if measure_recall is not None:
@@ -271,10 +304,12 @@ class IndexWriter(SegmentWriter):
         for side, cells in wanted.items():
             count, fetch = side_vectors(seg, side)
             if side in kept:
-                centroids, codes, entry = kept[side]
-                np.save(self.work / CENTROID_FILES[side], centroids.astype(np.float32))
-                np.save(self.seg / CODE_FILES[side], np.asarray(codes, np.int32))
-                built[side] = entry
+                side_kept = kept[side]
+                np.save(self.work / CENTROID_FILES[side], side_kept.centroids.astype(np.float32))
+                np.save(self.seg / CODE_FILES[side], np.asarray(side_kept.codes, np.int32))
+                np.save(self.work / CODEBOOK_FILES[side], side_kept.codebook.astype(np.float32))
+                np.save(self.seg / RESIDUAL_FILES[side], np.asarray(side_kept.residuals, np.uint8))
+                built[side] = side_kept.entry
                 continue
             cells = cell_count(count) if cells is None else cells
             if not cells:
@@ -286,16 +321,20 @@ class IndexWriter(SegmentWriter):
             positions = np.sort(np.random.default_rng(0).choice(count, sample, replace=False))
             logger.info("%s: %d cells trained on %d of %d vectors", side, cells, sample, count)
             started = time.perf_counter()
-            centroids = train_centroids(fetch(positions), cells, CELL_ITERATIONS, seed=1)
+            train = fetch(positions)
+            centroids = train_centroids(train, cells, CELL_ITERATIONS, seed=1)
             np.save(self.work / CENTROID_FILES[side], centroids.astype(np.float32))
+            codebook, residual = train_residuals(train, centroids)
+            np.save(self.work / CODEBOOK_FILES[side], codebook)
+            residual_path = self.seg / RESIDUAL_FILES[side]
             similarity = write_codes(centroids, count, fetch, self.seg / CODE_FILES[side],
-                                     progress)  # fmt: skip
+                                     progress, (codebook, residual_path))  # fmt: skip
             seconds = time.perf_counter() - started
             logger.info("%s cells: %.1f s", side, seconds)
             built[side] = {"cells": cells, "train_vectors": sample,
                            "iterations": CELL_ITERATIONS, "seconds": round(seconds, 2),
                            "similarity": round(similarity, 6),
-                           "retrain_drift": RETRAIN_DRIFT}  # fmt: skip
+                           "retrain_drift": RETRAIN_DRIFT, "residual": residual}  # fmt: skip
         return built
 
     def _write_metadata(self, images: list[ImageRecord], captions: list[CaptionRecord]) -> None:
@@ -338,6 +377,29 @@ class IndexWriter(SegmentWriter):
             "build": spec.build,
             "versions": code_versions(),
         }
+
+
+def train_residuals(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """PQ codewords for the residuals of (a sample of) one side's vectors from their
+    cells, and the manifest entry that describes them (see build/residuals.py)."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(2)
+    take = rng.choice(len(vectors), min(len(vectors), RESIDUAL_TRAIN_POINTS), replace=False)
+    points = torch.from_numpy(np.ascontiguousarray(vectors[np.sort(take)], np.float32))
+    assign = Assigner(centroids)
+    cells, _ = assign(points)
+    residuals = (points - assign.centroids[cells]).numpy()
+    subspaces = subspaces_for(points.shape[1])
+    codebook = train_codebook(residuals, subspaces)
+    codes = encode_residuals(points, assign.centroids, cells, torch.from_numpy(codebook))
+    left = float(((residuals - decode_residuals(codes, codebook)) ** 2).sum(axis=1).mean())
+    before = float((residuals**2).sum(axis=1).mean())
+    entry = {"subspaces": subspaces, "codewords": codebook.shape[1],
+             "train_vectors": len(points), "seconds": round(time.perf_counter() - started, 2),
+             "error": round(left / before if before else 0.0, 6)}  # fmt: skip
+    logger.info("residual codes: %d 4-bit slices per vector, error %.3f of the bare cell's",
+                subspaces, entry["error"])  # fmt: skip
+    return codebook, entry
 
 
 def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:

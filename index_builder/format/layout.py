@@ -9,6 +9,8 @@ verification. Nothing else reads or writes these files directly.
                                (text -> image shortlist); absent for small galleries
       word_centroids.npy       (cells, d) float32 the same for the word vectors (image ->
                                caption shortlist); absent for small caption sets
+      region_codebook.npy      (S, 16, d / S) float32 PQ codewords of the region residuals
+      word_codebook.npy        (S, 16, d / S) float32 the same for the word residuals
       seg000/ seg001/ ...      segments: `chan index add` appends one, compact merges them
         regions.npy            (n, K, d) float16, or int8 + region_scales.npy (n, K)
         region_counts.npy      (n,) int32 valid regions
@@ -18,6 +20,9 @@ verification. Nothing else reads or writes these files directly.
         word_offsets.npy       (m + 1,) int64 caption boundaries inside words.npy
         word_codes.npy         (w,) int32 cell of each word vector (with word_centroids)
         region_codes.npy       (v,) int32 cell of each region vector (with region_centroids)
+        region_residuals.npy   (v, S / 2) uint8 4-bit PQ codes of each region vector's
+                               residual, two slices per byte
+        word_residuals.npy     (w, S / 2) uint8 the same for the word vectors
 
 The stored vectors are the exact contents of the cells. Region vector i (valid regions,
 image by image) belongs to image region_owner[i]; word vector j belongs to the caption
@@ -38,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from index_builder.format import manifest as manifest_schema
-from index_builder.format.manifest import CODE_FILES
+from index_builder.format.manifest import CODE_FILES, RESIDUAL_FILES
 from model.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -186,6 +191,8 @@ class Segment:
     offsets: np.ndarray  # (m + 1,)
     word_codes: np.ndarray | None  # (w,) cells of the words, when the index has word cells
     region_codes: np.ndarray | None  # (v,) cells of the region vectors, likewise
+    word_residuals: np.ndarray | None = None  # (w, S) uint8 residual codes of the words
+    region_residuals: np.ndarray | None = None  # (v, S) uint8 residual codes of the regions
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -198,13 +205,19 @@ def load_array(path: Path) -> np.ndarray:
         ) from None
 
 
-def open_segment(directory: Path, storage: str, cell_sides: Iterable[str] = ()) -> Segment:
-    """The arrays of one segment; the cell codes of the sides in `cell_sides`."""
+def open_segment(
+    directory: Path,
+    storage: str,
+    cell_sides: Iterable[str] = (),
+    residual_sides: Iterable[str] = (),
+) -> Segment:
+    """The arrays of one segment; the cell codes of the sides in `cell_sides` and the
+    residual codes of those in `residual_sides`."""
 
     def load(name: str) -> np.ndarray:
         return load_array(directory / name)
 
-    int8, sides = storage == "int8", set(cell_sides)
+    int8, sides, coded = storage == "int8", set(cell_sides), set(residual_sides)
     return Segment(
         regions=load("regions.npy"),
         region_scales=load("region_scales.npy") if int8 else None,
@@ -216,6 +229,8 @@ def open_segment(directory: Path, storage: str, cell_sides: Iterable[str] = ()) 
         offsets=np.asarray(load("word_offsets.npy")),
         word_codes=np.asarray(load(CODE_FILES["words"])) if "words" in sides else None,
         region_codes=np.asarray(load(CODE_FILES["regions"])) if "regions" in sides else None,
+        word_residuals=load(RESIDUAL_FILES["words"]) if "words" in coded else None,
+        region_residuals=load(RESIDUAL_FILES["regions"]) if "regions" in coded else None,
     )
 
 
@@ -242,6 +257,11 @@ def check_segment(directory: Path, seg: Segment, entry: dict[str, Any],
         expected[CODE_FILES["regions"]] = (seg.region_codes, (vectors,), None)
     if seg.word_codes is not None:
         expected[CODE_FILES["words"]] = (seg.word_codes, (words,), None)
+    for side, array, rows in (("regions", seg.region_residuals, vectors),
+                              ("words", seg.word_residuals, words)):  # fmt: skip
+        if array is not None:
+            width = (manifest["cells"][side]["residual"]["subspaces"] + 1) // 2  # 2 per byte
+            expected[RESIDUAL_FILES[side]] = (array, (rows, width), np.dtype(np.uint8))
     for name, (array, shape, dtype) in expected.items():
         if array.shape != shape:
             raise IndexFormatError(
@@ -250,8 +270,8 @@ def check_segment(directory: Path, seg: Segment, entry: dict[str, Any],
             )
         if dtype is not None and array.dtype != dtype:
             raise IndexFormatError(
-                f"{directory / name} holds {array.dtype}, the manifest's storage is "
-                f"{manifest['storage']}; rebuild the index"
+                f"{directory / name} holds {array.dtype}, not the {dtype} the manifest "
+                f"implies (storage {manifest['storage']}); rebuild the index"
             )
     if n and (int(seg.counts.min()) < 1 or int(seg.counts.max()) > k):
         raise IndexFormatError(

@@ -21,6 +21,9 @@ Count = Annotated[int, Field(ge=0)]
 # per side with cells: its centroids (at the index root) and each vector's cell (per segment)
 CENTROID_FILES = {"regions": "region_centroids.npy", "words": "word_centroids.npy"}
 CODE_FILES = {"regions": "region_codes.npy", "words": "word_codes.npy"}
+# per side with residual codes: the PQ codewords (at the root) and each vector's codes
+CODEBOOK_FILES = {"regions": "region_codebook.npy", "words": "word_codebook.npy"}
+RESIDUAL_FILES = {"regions": "region_residuals.npy", "words": "word_residuals.npy"}
 METADATA_FILE = "metadata.sqlite"
 
 
@@ -62,6 +65,14 @@ class SegmentEntry(_Strict):
     similarity: dict[Literal["regions", "words"], float] = Field(default_factory=dict)
 
 
+class ResidualEntry(_Strict):
+    subspaces: int = Field(ge=1)  # PQ slices of d, two to a stored byte
+    codewords: Literal[16]  # per slice (4 bits)
+    train_vectors: int = Field(ge=1)
+    seconds: float = Field(ge=0)  # training the codewords
+    error: float = Field(ge=0)  # mean squared residual left after coding / before
+
+
 class CellsEntry(_Strict):
     cells: int = Field(ge=1)  # k-means centroids
     train_vectors: int = Field(ge=1)  # the sample they were trained on
@@ -69,6 +80,7 @@ class CellsEntry(_Strict):
     seconds: float = Field(ge=0)  # training and assigning every vector
     similarity: float | None = None  # mean similarity of the vectors to their cells
     retrain_drift: float | None = Field(None, gt=1)  # compact retrains past this error ratio
+    residual: ResidualEntry | None = None  # residual codes of the vectors (from the cells)
 
 
 class ManifestModel(_Strict):
@@ -131,9 +143,12 @@ def segment_files(storage: str) -> list[str]:
 def required_files(manifest: ManifestModel) -> list[str]:
     """Every file an index with this manifest must hold."""
     names = [METADATA_FILE, *(CENTROID_FILES[side] for side in manifest.cells)]
+    coded = [side for side, entry in manifest.cells.items() if entry.residual is not None]
+    names += [CODEBOOK_FILES[side] for side in coded]
     for segment in manifest.segments:
         names += [f"{segment.name}/{f}" for f in segment_files(manifest.storage)]
         names += [f"{segment.name}/{CODE_FILES[side]}" for side in manifest.cells]
+        names += [f"{segment.name}/{RESIDUAL_FILES[side]}" for side in coded]
     return names
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from index_builder.format import layout as fmt
-from index_builder.format.manifest import CENTROID_FILES
+from index_builder.format.manifest import CENTROID_FILES, CODEBOOK_FILES
 from index_builder.format.metadata import MetadataStore
 from index_builder.format.quant import dequantize
 from model.scoring import FlatWords, Matching, fill_padded_regions
@@ -50,8 +50,11 @@ class GalleryIndex:
         self.matching = Matching(**self.manifest["matching"])
         self.segments = []
         cell_sides = tuple(self.manifest["cells"])
+        coded = tuple(side for side, entry in self.manifest["cells"].items()
+                      if entry.get("residual"))  # fmt: skip
         for entry in self.manifest["segments"]:
-            segment = fmt.open_segment(self.path / entry["name"], self.storage, cell_sides)
+            segment = fmt.open_segment(self.path / entry["name"], self.storage, cell_sides,
+                                       coded)  # fmt: skip
             fmt.check_segment(self.path / entry["name"], segment, entry, self.manifest)
             self.segments.append(segment)
         self._image_starts = _starts([len(s.counts) for s in self.segments])
@@ -63,6 +66,8 @@ class GalleryIndex:
         self._check_metadata_rows()
         self.word_codes, self.word_centroids = self._cells("words")
         self.region_codes, self.region_centroids = self._cells("regions")
+        self.word_residuals = self._residuals("words")
+        self.region_residuals = self._residuals("regions")
         # start of each image's vectors in region_owner order (every count is >= 1)
         self.region_starts = np.concatenate([[0], np.cumsum(self.counts)])
         self._lock = threading.Lock()
@@ -102,6 +107,25 @@ class GalleryIndex:
                 f"{self.path}: {side} codes outside 0..{entry['cells'] - 1}; rebuild the index"
             )
         return codes, centroids
+
+    def _residuals(self, side: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """One side's PQ codebook (S, 256, d / S) float32 and every vector's (n, S) uint8
+        residual codes, when the index has them (see build/residuals.py)."""
+        entry = (self.manifest["cells"].get(side) or {}).get("residual")
+        if entry is None:
+            return None
+        path = self.path / CODEBOOK_FILES[side]
+        codebook = np.asarray(fmt.load_array(path))
+        subspaces = entry["subspaces"]
+        shape = (subspaces, entry["codewords"], self.dim // subspaces)
+        if self.dim % subspaces or codebook.shape != shape or codebook.dtype != np.float32:
+            raise fmt.IndexFormatError(
+                f"{path} holds {codebook.dtype} {codebook.shape}, the manifest implies "
+                f"float32 {shape} of d={self.dim}; rebuild the index"
+            )
+        parts = [getattr(seg, f"{side[:-1]}_residuals") for seg in self.segments]
+        # one segment: the memory map itself (its pages are shared with the page cache)
+        return codebook, parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def warm(self, max_bytes: int = EXACT_CACHE_BYTES) -> None:
         """Keep float32 copies of the stored vectors in RAM when they fit max_bytes, so

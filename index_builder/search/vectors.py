@@ -1,12 +1,15 @@
-"""Vector-level search: approximate scores from cells, then exact CHAN scores.
+"""Vector-level search: approximate scores from cells and residual codes, then exact
+CHAN scores.
 
 Both directions work as late-interaction engines such as PLAID do. Every stored vector
 belongs to a k-means cell; a query vector's similarity to a stored one is first taken
 as its similarity to that vector's cell centroid. Pooled exactly like the model pools
 (each query word keeps an image's best region; each caption word keeps the query
-image's best region), this scores every item in a few array passes. The top C are then
-scored exactly from the stored vectors. Small galleries have no cells and are scored
-exactly throughout. `exhaustive=True` scores every live item exactly."""
+image's best region), this scores every item met in the probed cells in a few array
+passes. The best of those are scored again with each vector's residual code added to
+its centroid (search/residuals.py), and only the top C of that go on to the exact score
+from the stored vectors. Small galleries have no cells and are scored exactly
+throughout. `exhaustive=True` scores every live item exactly."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.lists import InvertedLists
+from index_builder.search.residuals import ResidualCodes
 from index_builder.search.results import Ranking, Timer
 from model.pooling import pool_dense, pool_partial, pool_segments
 from model.scoring import Matching, score_image_query, score_text_query
@@ -33,15 +37,22 @@ RERANK_CHUNK_CAPTIONS = 256  # captions per exact step
 FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
 
 
+# C, the items reranked exactly, by whether the approximate stage has residual codes:
+# `chan bench search` measured recall@10 against C for both (README, "Search").
+CANDIDATES = {True: 150, False: 600}  # text -> image
+CAPTION_CANDIDATES = {True: 150, False: 500}  # image -> caption
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int = 600  # C: images reranked with the exact score (text -> image)
-    caption_candidates: int = 500  # C for image -> caption
+    candidates: int | None = None  # C for text -> image; None: CANDIDATES
+    caption_candidates: int | None = None  # C for image -> caption; None: CAPTION_CANDIDATES
     probes: int = 32  # region cells probed per query word (text -> image)
     caption_probes: int = 256  # word cells probed per query image (image -> caption)
-    refine: int = 4  # refine x C candidates get the centroid-interaction score
+    refine: int = 4  # refine x C candidates get the approximate score of the second stage
+    residuals: bool = True  # that score adds residual codes when the index has them
 
 
 class VectorSearcher:
@@ -53,6 +64,13 @@ class VectorSearcher:
         self.params = params or SearchParams()
         self.matching: Matching = index.matching
         self.region_lists = self.word_lists = None
+        use = self.params.residuals
+        self.region_residuals = _residual_codes(index.region_residuals if use else None)
+        self.word_residuals = _residual_codes(index.word_residuals if use else None)
+        self.candidates = self.params.candidates or CANDIDATES[self.region_residuals is not None]
+        self.caption_candidates = (
+            self.params.caption_candidates or CAPTION_CANDIDATES[self.word_residuals is not None]
+        )
         if index.region_codes is not None:  # per cell, the images with a region in it
             self.region_lists = InvertedLists.build(
                 index.region_codes, index.region_owner, len(index.region_centroids), unique=True
@@ -79,7 +97,7 @@ class VectorSearcher:
         timer = Timer()
         live = self.index.live_images if allowed is None else _mask(allowed, self.index.num_images)
         live = live & self.index.live_images
-        candidates = candidates or self.params.candidates
+        candidates = candidates or self.candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.region_codes is None:
             rows = np.flatnonzero(live)
@@ -97,9 +115,9 @@ class VectorSearcher:
            regions lies in a probed cell, the least probed one: an upper bound). Only
            images met in the probed lists are considered: work grows with the lists,
            not with the gallery.
-        2. The `refine` x C best of those are scored by centroid interaction over all
-           their regions (every region stands for its cell centroid), and the C best go
-           on to the exact score."""
+        2. The `refine` x C best of those are scored over all their regions, each region
+           standing for its cell centroid plus its residual code (or the bare centroid
+           in an index without residual codes), and the C best go on to the exact score."""
         index, params = self.index, self.params
         cell_sims = words.numpy().astype(np.float32) @ index.region_centroids.T  # (L, cells)
         probes = min(params.probes, cell_sims.shape[1])
@@ -118,12 +136,13 @@ class VectorSearcher:
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
-        # 2. centroid interaction over every region of the survivors
+        # 2. every region of the survivors: centroid + residual (vectors x words)
         positions, segment_starts = item_positions(index.region_starts, rows)
-        per_image = np.maximum.reduceat(
-            cell_sims[:, index.region_codes[positions]], segment_starts, axis=1
-        )
-        refined = pool_dense(per_image.astype(np.float64), self.matching)
+        sims = np.ascontiguousarray(cell_sims.T)[index.region_codes[positions]]
+        if self.region_residuals is not None:
+            sims += self.region_residuals.similarities(words.numpy(), positions)
+        per_image = np.maximum.reduceat(sims, segment_starts, axis=0)  # (n, L)
+        refined = pool_dense(per_image.T.astype(np.float64), self.matching)
         return rows[_top(refined, candidates)]
 
     def _exact_images(
@@ -168,7 +187,7 @@ class VectorSearcher:
         live = self.index.live_captions
         if allowed is not None:
             live = live & _mask(allowed, self.index.num_captions)
-        candidates = candidates or self.params.caption_candidates
+        candidates = candidates or self.caption_candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.word_codes is None:
             return self._exact_captions(regions, np.flatnonzero(live), k, timer, True)
@@ -183,11 +202,13 @@ class VectorSearcher:
         similarity to any query region. 1. The `caption_probes` best cells are probed;
         a caption's words in them take their cell's value, its other words the least
         probed value (an upper bound), pooled as the model pools. 2. The `refine` x C
-        best captions are scored with every word's own cell value, and the C best go on
-        to the exact score."""
+        best captions are scored with every word as its cell centroid plus its residual
+        code against every query region (or its own cell's value in an index without
+        residual codes), and the C best go on to the exact score."""
         index, params = self.index, self.params
         query = regions.numpy().astype(np.float32)
-        cell_best = (query @ index.word_centroids.T).max(axis=0)  # (cells,)
+        cell_sims = query @ index.word_centroids.T  # (regions, cells)
+        cell_best = cell_sims.max(axis=0)  # (cells,)
         probes = min(params.caption_probes, len(cell_best))
         probed = np.argpartition(-cell_best, probes - 1)[:probes]
         floor = float(cell_best[probed].min())
@@ -204,9 +225,15 @@ class VectorSearcher:
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
-        # 2. every word of the survivors at its own cell's value
+        # 2. every word of the survivors: its best region, from centroid + residual
         positions, segment_starts = item_positions(index.word_offsets, rows)
-        per_word = cell_best[index.word_codes[positions]].astype(np.float64)
+        if self.word_residuals is None:
+            per_word = cell_best[index.word_codes[positions]].astype(np.float64)
+        else:
+            by_cell = np.ascontiguousarray(cell_sims.T)  # (cells, regions)
+            sims = by_cell[index.word_codes[positions]]  # (words, regions)
+            sims += self.word_residuals.similarities(query, positions)
+            per_word = sims.max(axis=1).astype(np.float64)
         offsets = np.append(segment_starts, len(positions))
         refined = pool_segments(per_word, offsets, self.matching)
         return rows[_top(refined, candidates)]
@@ -223,6 +250,10 @@ class VectorSearcher:
             return score_image_query(regions, self.index.captions(chunk, buffer), self.matching)
 
         return _rank_exactly(score, rows, step, k, timer, exhaustive)
+
+
+def _residual_codes(stored: tuple[np.ndarray, np.ndarray] | None) -> ResidualCodes | None:
+    return None if stored is None else ResidualCodes(*stored)
 
 
 def hard_text_scores(

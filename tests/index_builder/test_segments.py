@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from app.cli import main
 from index_builder.build import edit
@@ -185,12 +186,76 @@ def test_verify_finds_a_vector_filed_in_the_wrong_cell(world, parts, tmp_path):
     opened.close()
     worst = sims.argmin(axis=1)
     codes[:] = worst
-    np.save(index / "seg000" / "word_codes.npy", codes)
-    manifest = fmt.read_manifest(index)
-    manifest["files"].update(fmt.file_entries(index, ["seg000/word_codes.npy"]))
-    fmt.write_manifest(index, manifest)
+    _replace_listed(index, "seg000/word_codes.npy", codes)
     with pytest.raises(fmt.IndexFormatError, match="not its nearest one"):
         verify_index(index)
+
+
+def _replace_listed(index, name, array):
+    """Overwrite one array of the index and list its new size and sha256, as a writer
+    with a bug would: every checksum passes, only the contents are wrong."""
+    np.save(index / name, array)
+    manifest = fmt.read_manifest(index)
+    manifest["files"].update(fmt.file_entries(index, [name]))
+    fmt.write_manifest(index, manifest)
+
+
+def test_verify_finds_residual_codes_that_do_not_encode_the_vectors(world, parts, tmp_path):
+    index = tmp_path / "idx"
+    shutil.copytree(parts["base"], index)
+    assert "regions: residual codes of" in " ".join(verify_index(index))
+    codes = np.load(index / "seg000" / "region_residuals.npy")
+    off = (codes.astype(np.int64) + 1).astype(np.uint8)  # every byte one off
+    _replace_listed(index, "seg000/region_residuals.npy", off)
+    with pytest.raises(fmt.IndexFormatError, match="residual codes of the sampled vectors"):
+        verify_index(index)
+
+
+def test_add_encodes_the_new_residuals_with_the_existing_codebook(world, parts, tmp_path):
+    from index_builder.build.residuals import encode_residuals
+
+    before = fmt.read_manifest(parts["base"])
+    index, _ = _grown(world, parts, tmp_path)
+    manifest = fmt.read_manifest(index)
+    for name in ("region_codebook.npy", "word_codebook.npy", "seg000/word_residuals.npy"):
+        assert manifest["files"][name] == before["files"][name]
+    opened = GalleryIndex(index)
+    codebook, codes = opened.word_residuals
+    new = np.arange(int(opened.word_offsets[50]), int(opened.word_offsets[-1]))
+    fresh = encode_residuals(
+        torch.from_numpy(opened.word_vectors(new)), torch.from_numpy(opened.word_centroids),
+        torch.from_numpy(opened.word_codes[new].astype(np.int64)), torch.from_numpy(codebook),
+    )  # fmt: skip
+    assert np.mean(fresh == codes[new]) > 0.99
+    opened.close()
+
+
+def test_compact_gives_an_index_without_residual_codes_its_codes(world, parts, tmp_path):
+    """An index written before residual codes (cells only) is upgraded by compact."""
+    index = tmp_path / "idx"
+    shutil.copytree(parts["base"], index)
+    manifest = fmt.read_manifest(index)
+    for side in ("regions", "words"):
+        del manifest["cells"][side]["residual"]
+        side_name = side[:-1]
+        del manifest["files"][f"{side_name}_codebook.npy"]
+        del manifest["files"][f"seg000/{side_name}_residuals.npy"]
+        (index / f"{side_name}_codebook.npy").unlink()
+        (index / "seg000" / f"{side_name}_residuals.npy").unlink()
+    fmt.write_manifest(index, manifest)
+    old = GalleryIndex(index)
+    assert old.region_residuals is None and old.word_residuals is None
+    old.close()
+    searcher = Searcher.open(index, world / "ckpt")  # served from the bare centroids
+    assert searcher.shards[0].vectors.candidates == 600
+    assert ranked(searcher, "a red circle") == ranked(Searcher.open(parts["base"], world / "ckpt"),
+                                                     "a red circle")  # fmt: skip
+    report = compact_index(index, recall_queries=5)
+    assert sorted(report["retrained"]) == ["regions", "words"]
+    upgraded = GalleryIndex(index)
+    assert upgraded.region_residuals is not None and upgraded.word_residuals is not None
+    upgraded.close()
+    verify_index(index)
 
 
 def test_a_running_searcher_picks_up_an_add_under_concurrent_searches(world, parts, tmp_path):
@@ -275,3 +340,14 @@ def test_a_second_change_while_one_runs_is_refused_not_lost(world, parts, tmp_pa
     delete_items(index, [], [])  # the lock is free again
     with pytest.raises(FileNotFoundError, match="does not exist"):
         delete_items(tmp_path / "nowhere", ["x"], [])
+
+
+def test_index_info_shows_cells_residual_codes_generation_and_drift(world, parts, tmp_path, capsys):
+    index, _ = _grown(world, parts, tmp_path)
+    assert main(["index", "info", str(index)]) == 0
+    out = capsys.readouterr().out
+    assert "2 segment(s), generation 2" in out
+    for side in ("regions", "words"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{side}:"))
+        assert "8 k-means cells, residual codes of" in line and "B per vector" in line
+        assert "drift" in line
