@@ -149,6 +149,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     add("--caption-candidates", type=int, help="C, image -> caption")
     add("--probes", type=int, help="region cells probed per query word")
     add("--caption-probes", type=int, help="word cells probed per image")
+    add("--residual-codes", action="store_true", default=None,
+        help="build with residual codes and measure the bare-centroid second stage beside "
+        "them")  # fmt: skip
     add("--seed", type=int)
     add("--json", action="store_true", help="JSON of every figure, last line")
     add("--index", type=Path, help="measure this built index instead")

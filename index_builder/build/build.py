@@ -39,6 +39,7 @@ class BuildOptions:
     storage: str = "float16"  # float16 | int8
     word_cells: int | None = None  # None: by size (no cells for few words)
     region_cells: int | None = None  # None: by size (no cells for small galleries)
+    residual_codes: bool = False  # PQ codes of every vector's residual (see residuals.py)
     batch_size: int = 128
     recall_queries: int = 100  # sample queries per direction for the measured recall
     seed: int = 0
@@ -96,6 +97,7 @@ def build_index(
         storage=options.storage,
         word_cells=options.word_cells,
         region_cells=options.region_cells,
+        residual_codes=options.residual_codes,
         build={
             "batch_size": options.batch_size,
             "recall_queries": options.recall_queries,

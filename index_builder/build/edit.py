@@ -264,6 +264,7 @@ def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str
         checkpoint=manifest["checkpoint"], extractor=manifest["extractor"],
         storage=index.storage, region_cells=_retrained_cells(manifest, "regions", retrain),
         word_cells=_retrained_cells(manifest, "words", retrain),
+        residual_codes=any(cells.get("residual") for cells in manifest["cells"].values()),
         build={**manifest["build"], "rewritten_from": manifest["counts"]},
     )  # fmt: skip
     lengths = np.diff(index.word_offsets)[captions]
@@ -285,13 +286,11 @@ def _compact_locked(index_path: Path, recall_queries: int, progress) -> dict[str
 
 def _sides_to_retrain(index, manifest: dict, drifted: dict[str, float], images: np.ndarray,
                       captions: np.ndarray) -> list:  # fmt: skip
-    """Sides whose cells drifted past their threshold or have no residual codes (an
-    index built before them: compact upgrades it), or that have no cells and now hold
-    enough vectors to want them."""
+    """Sides whose cells drifted past their threshold, or that have no cells and now
+    hold enough vectors to want them."""
     sides = []
     for side, cells in manifest["cells"].items():
-        drifted_away = drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT)
-        if drifted_away or not cells.get("residual"):
+        if drifted[side] > (cells.get("retrain_drift") or RETRAIN_DRIFT):
             sides.append(side)
     vectors = {"regions": int(index.counts[images].sum()),
                "words": int(np.diff(index.word_offsets)[captions].sum())}  # fmt: skip
@@ -322,12 +321,13 @@ def _kept_cells(index, manifest: dict, images: np.ndarray, captions: np.ndarray,
         if side == "regions":
             live = item_positions(index.region_starts, images)[0]
             codes, centroids = index.region_codes[live], index.region_centroids
-            codebook, residuals = index.region_residuals
+            stored = index.region_residuals
         else:
             live = item_positions(index.word_offsets, captions)[0]
             codes, centroids = index.word_codes[live], index.word_centroids
-            codebook, residuals = index.word_residuals
-        kept[side] = KeptCells(centroids, codes, codebook, residuals[live], manifest["cells"][side])
+            stored = index.word_residuals
+        codebook, residuals = (None, None) if stored is None else (stored[0], stored[1][live])
+        kept[side] = KeptCells(centroids, codes, codebook, residuals, manifest["cells"][side])
     return kept
 
 

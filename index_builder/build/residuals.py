@@ -6,15 +6,18 @@ x - centroid[c] encoded by a product quantizer (PQ): the d dimensions are cut in
 of the nearest of 16 codewords trained for that slice, two slices to a byte (FAISS's
 4-bit PQ layout, the one its fast-scan indexes use: slice 2j in the low half of byte j).
 A query vector q then scores x as q . centroid[c] plus, per slice, q's slice times the
-codeword, read from a small table per query (search/residuals.py): sharp enough that
-the exact rerank needs a quarter of the candidates the bare centroid needed.
+codeword, read from a small table per query (search/residuals.py).
+
+The codes are opt-in (`chan index build --residual-codes`): on the synthetic benchmark,
+whose residuals are isotropic noise, 32 bytes keep only about 21% of the residual and
+did not let the exact rerank take fewer candidates at 100,000 images (README, Search
+figures); embeddings with structure compress far better (PLAID's premise).
 
 Why 4-bit codes in 64 slices rather than 8-bit codes in 32 (both 32 bytes at d = 1024):
 on the synthetic 10,000-image index both reached recall@10 1.000 at C = 150 (0.950 and
-0.952 at C = 100), but encoding a slice against 16 codewords instead of 256 costs 16x
-fewer operations, which took the encoding of 3M region vectors from about 4 minutes to
-about 40 s on one core; a query reads one table entry per byte either way (a pair of
-4-bit slices is looked up in one 16 x 16 table).
+0.952 at C = 100), but a slice is encoded against 16 codewords instead of 256: 16,384
+vectors took 0.16-0.21 s instead of 1.28 s on one core. A query reads one table entry
+per byte either way (a pair of 4-bit slices is looked up in one 16 x 16 table).
 
 The codewords are trained by FAISS's ProductQuantizer (its k-means per slice); the codes
 of every stored vector are computed here in torch, one batched product per block of

@@ -64,8 +64,8 @@ class KeptCells:
 
     centroids: np.ndarray  # (cells, d)
     codes: np.ndarray  # (n,) the kept rows' cells
-    codebook: np.ndarray  # (S, 256, d / S) residual codewords
-    residuals: np.ndarray  # (n, S) the kept rows' residual codes
+    codebook: np.ndarray | None  # (S, 16, d / S) residual codewords, when the side has them
+    residuals: np.ndarray | None  # (n, S / 2) the kept rows' residual codes
     entry: dict[str, Any]  # the side's manifest entry
 
 
@@ -81,6 +81,7 @@ class WriterSpec:
     storage: str = "float16"  # float16 | int8 (per-vector scale)
     word_cells: int | None = None  # k-means cells over words; None = by size (0 = none)
     region_cells: int | None = None  # k-means cells over regions; None = by size (0 = none)
+    residual_codes: bool = False  # also PQ codes of each vector's residual (residuals.py)
     build: dict[str, Any] = field(default_factory=dict)  # parameters recorded in the manifest
 
     def __post_init__(self) -> None:
@@ -279,7 +280,7 @@ class IndexWriter(SegmentWriter):
         manifest = self._manifest(cells, generation)
         segment = fmt.segment_name(0)
         names = [fmt.METADATA, *(CENTROID_FILES[side] for side in cells)]
-        names += [CODEBOOK_FILES[side] for side in cells]
+        names += [CODEBOOK_FILES[side] for side, entry in cells.items() if "residual" in entry]
         names += [f"{segment}/{f}" for f in self.files()]
         manifest["files"] = fmt.file_entries(self.work, names)
         fmt.write_manifest(self.work, manifest)  # complete: the recall run opens it
@@ -307,8 +308,9 @@ class IndexWriter(SegmentWriter):
                 side_kept = kept[side]
                 np.save(self.work / CENTROID_FILES[side], side_kept.centroids.astype(np.float32))
                 np.save(self.seg / CODE_FILES[side], np.asarray(side_kept.codes, np.int32))
-                np.save(self.work / CODEBOOK_FILES[side], side_kept.codebook.astype(np.float32))
-                np.save(self.seg / RESIDUAL_FILES[side], np.asarray(side_kept.residuals, np.uint8))
+                if side_kept.codebook is not None:
+                    np.save(self.work / CODEBOOK_FILES[side], side_kept.codebook)
+                    np.save(self.seg / RESIDUAL_FILES[side], side_kept.residuals)
                 built[side] = side_kept.entry
                 continue
             cells = cell_count(count) if cells is None else cells
@@ -324,17 +326,19 @@ class IndexWriter(SegmentWriter):
             train = fetch(positions)
             centroids = train_centroids(train, cells, CELL_ITERATIONS, seed=1)
             np.save(self.work / CENTROID_FILES[side], centroids.astype(np.float32))
-            codebook, residual = train_residuals(train, centroids)
-            np.save(self.work / CODEBOOK_FILES[side], codebook)
-            residual_path = self.seg / RESIDUAL_FILES[side]
+            residuals, entry = None, {}
+            if self.spec.residual_codes:
+                codebook, entry["residual"] = train_residuals(train, centroids)
+                np.save(self.work / CODEBOOK_FILES[side], codebook)
+                residuals = (codebook, self.seg / RESIDUAL_FILES[side])
             similarity = write_codes(centroids, count, fetch, self.seg / CODE_FILES[side],
-                                     progress, (codebook, residual_path))  # fmt: skip
+                                     progress, residuals)  # fmt: skip
             seconds = time.perf_counter() - started
             logger.info("%s cells: %.1f s", side, seconds)
             built[side] = {"cells": cells, "train_vectors": sample,
                            "iterations": CELL_ITERATIONS, "seconds": round(seconds, 2),
                            "similarity": round(similarity, 6),
-                           "retrain_drift": RETRAIN_DRIFT, "residual": residual}  # fmt: skip
+                           "retrain_drift": RETRAIN_DRIFT} | entry  # fmt: skip
         return built
 
     def _write_metadata(self, images: list[ImageRecord], captions: list[CaptionRecord]) -> None:

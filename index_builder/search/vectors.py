@@ -37,18 +37,12 @@ RERANK_CHUNK_CAPTIONS = 256  # captions per exact step
 FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
 
 
-# C, the items reranked exactly, by whether the approximate stage has residual codes:
-# `chan bench search` measured recall@10 against C for both (README, "Search").
-CANDIDATES = {True: 150, False: 600}  # text -> image
-CAPTION_CANDIDATES = {True: 150, False: 500}  # image -> caption
-
-
 @dataclass(frozen=True)
 class SearchParams:
     """Shortlist knobs; the defaults are what the index's recall was measured with."""
 
-    candidates: int | None = None  # C for text -> image; None: CANDIDATES
-    caption_candidates: int | None = None  # C for image -> caption; None: CAPTION_CANDIDATES
+    candidates: int = 600  # C: images reranked with the exact score (text -> image)
+    caption_candidates: int = 500  # C for image -> caption
     probes: int = 32  # region cells probed per query word (text -> image)
     caption_probes: int = 256  # word cells probed per query image (image -> caption)
     refine: int = 4  # refine x C candidates get the approximate score of the second stage
@@ -67,10 +61,6 @@ class VectorSearcher:
         use = self.params.residuals
         self.region_residuals = _residual_codes(index.region_residuals if use else None)
         self.word_residuals = _residual_codes(index.word_residuals if use else None)
-        self.candidates = self.params.candidates or CANDIDATES[self.region_residuals is not None]
-        self.caption_candidates = (
-            self.params.caption_candidates or CAPTION_CANDIDATES[self.word_residuals is not None]
-        )
         if index.region_codes is not None:  # per cell, the images with a region in it
             self.region_lists = InvertedLists.build(
                 index.region_codes, index.region_owner, len(index.region_centroids), unique=True
@@ -97,7 +87,7 @@ class VectorSearcher:
         timer = Timer()
         live = self.index.live_images if allowed is None else _mask(allowed, self.index.num_images)
         live = live & self.index.live_images
-        candidates = candidates or self.candidates
+        candidates = candidates or self.params.candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.region_codes is None:
             rows = np.flatnonzero(live)
@@ -136,13 +126,13 @@ class VectorSearcher:
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
-        # 2. every region of the survivors: centroid + residual (vectors x words)
+        # 2. every region of the survivors: its centroid (+ residual), words x vectors
         positions, segment_starts = item_positions(index.region_starts, rows)
-        sims = np.ascontiguousarray(cell_sims.T)[index.region_codes[positions]]
+        sims = cell_sims[:, index.region_codes[positions]]
         if self.region_residuals is not None:
-            sims += self.region_residuals.similarities(words.numpy(), positions)
-        per_image = np.maximum.reduceat(sims, segment_starts, axis=0)  # (n, L)
-        refined = pool_dense(per_image.T.astype(np.float64), self.matching)
+            sims += self.region_residuals.similarities(words.numpy(), positions).T
+        per_image = np.maximum.reduceat(sims, segment_starts, axis=1)
+        refined = pool_dense(per_image.astype(np.float64), self.matching)
         return rows[_top(refined, candidates)]
 
     def _exact_images(
@@ -187,7 +177,7 @@ class VectorSearcher:
         live = self.index.live_captions
         if allowed is not None:
             live = live & _mask(allowed, self.index.num_captions)
-        candidates = candidates or self.caption_candidates
+        candidates = candidates or self.params.caption_candidates
         small = allowed is not None and len(allowed) <= FILTER_EXACT_MAX
         if exhaustive or small or self.index.word_codes is None:
             return self._exact_captions(regions, np.flatnonzero(live), k, timer, True)

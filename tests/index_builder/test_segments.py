@@ -33,7 +33,8 @@ def parts(world, tmp_path_factory):
 
     base = build_index(
         world / "ckpt", root / "base", root / "first.jsonl", features=root / "first",
-        split="test", options=BuildOptions(recall_queries=5, region_cells=8, word_cells=8),
+        split="test", options=BuildOptions(recall_queries=5, region_cells=8, word_cells=8,
+                                           residual_codes=True),
         progress=False,
     )  # fmt: skip
     return {"root": root, "base": base, "last": root / "last", "last_ids": last,
@@ -230,32 +231,37 @@ def test_add_encodes_the_new_residuals_with_the_existing_codebook(world, parts, 
     opened.close()
 
 
-def test_compact_gives_an_index_without_residual_codes_its_codes(world, parts, tmp_path):
-    """An index written before residual codes (cells only) is upgraded by compact."""
-    index = tmp_path / "idx"
-    shutil.copytree(parts["base"], index)
-    manifest = fmt.read_manifest(index)
-    for side in ("regions", "words"):
-        del manifest["cells"][side]["residual"]
-        side_name = side[:-1]
-        del manifest["files"][f"{side_name}_codebook.npy"]
-        del manifest["files"][f"seg000/{side_name}_residuals.npy"]
-        (index / f"{side_name}_codebook.npy").unlink()
-        (index / "seg000" / f"{side_name}_residuals.npy").unlink()
-    fmt.write_manifest(index, manifest)
-    old = GalleryIndex(index)
-    assert old.region_residuals is None and old.word_residuals is None
-    old.close()
-    searcher = Searcher.open(index, world / "ckpt")  # served from the bare centroids
-    assert searcher.shards[0].vectors.candidates == 600
-    assert ranked(searcher, "a red circle") == ranked(Searcher.open(parts["base"], world / "ckpt"),
-                                                     "a red circle")  # fmt: skip
+def test_compact_keeps_the_residual_codebook_and_the_live_rows_codes(world, parts, tmp_path):
+    index, _ = _grown(world, parts, tmp_path)
+    grown = GalleryIndex(index)
+    book, codes = grown.word_residuals
+    live = np.ones(grown.num_captions, bool)
+    live[3] = False  # caption 3 is deleted: its words' codes go
+    kept_words = np.flatnonzero(np.repeat(live, np.diff(grown.word_offsets)))
+    expected = np.array(codes[kept_words])
+    caption_id = grown.metadata.captions([3])[0].caption_id
+    grown.close()
+    delete_items(index, [], [caption_id])
     report = compact_index(index, recall_queries=5)
-    assert sorted(report["retrained"]) == ["regions", "words"]
-    upgraded = GalleryIndex(index)
-    assert upgraded.region_residuals is not None and upgraded.word_residuals is not None
-    upgraded.close()
+    assert "words" not in report["retrained"] and report["captions"] == 1
+    compacted = GalleryIndex(index)
+    np.testing.assert_array_equal(compacted.word_residuals[0], book)
+    np.testing.assert_array_equal(compacted.word_residuals[1], expected)
+    compacted.close()
     verify_index(index)
+
+
+def test_an_index_without_residual_codes_is_searched_from_the_bare_centroids(world, tmp_path):
+    plain = build(world, tmp_path / "plain", region_cells=8, word_cells=8)
+    assert "residual" not in fmt.read_manifest(plain)["cells"]["words"]
+    opened = GalleryIndex(plain)
+    assert opened.word_residuals is None and opened.region_residuals is None
+    opened.close()
+    coded = build(world, tmp_path / "coded", region_cells=8, word_cells=8, residual_codes=True)
+    a, b = Searcher.open(plain, world / "ckpt"), Searcher.open(coded, world / "ckpt")
+    assert b.shards[0].vectors.word_residuals is not None
+    for text in ["a red circle", "two blue squares and a star"]:
+        assert ranked(a, text) == ranked(b, text)  # C covers this small gallery
 
 
 def test_a_running_searcher_picks_up_an_add_under_concurrent_searches(world, parts, tmp_path):
@@ -351,3 +357,15 @@ def test_index_info_shows_cells_residual_codes_generation_and_drift(world, parts
         line = next(line for line in out.splitlines() if line.strip().startswith(f"{side}:"))
         assert "8 k-means cells, residual codes of" in line and "B per vector" in line
         assert "drift" in line
+
+
+def test_index_build_residual_codes_flag(world, tmp_path):
+    out = tmp_path / "idx"
+    argv = ["index", "build", "--checkpoint", str(world / "ckpt"), "--features",
+            str(world / "synth"), "--split", "test", "--captions",
+            str(world / "synth" / "captions.jsonl"), "--caption-split", "test",
+            "--word-cells", "8", "--recall-queries", "5", "--residual-codes",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    words = fmt.read_manifest(out)["cells"]["words"]["residual"]
+    assert words["codewords"] == 16 and 0 < words["error"] < 1
