@@ -1,15 +1,16 @@
-"""Vector-level search: approximate scores from cells and residual codes, then exact
-CHAN scores.
+"""Vector-level search: approximate scores from cells (and residual codes where the
+index has them), then exact CHAN scores.
 
 Both directions work as late-interaction engines such as PLAID do. Every stored vector
 belongs to a k-means cell; a query vector's similarity to a stored one is first taken
 as its similarity to that vector's cell centroid. Pooled exactly like the model pools
 (each query word keeps an image's best region; each caption word keeps the query
 image's best region), this scores every item met in the probed cells in a few array
-passes. The best of those are scored again with each vector's residual code added to
-its centroid (search/residuals.py), and only the top C of that go on to the exact score
-from the stored vectors. Small galleries have no cells and are scored exactly
-throughout. `exhaustive=True` scores every live item exactly."""
+passes. The best of those are scored again over all their vectors (each its centroid,
+plus its residual code in an index built with them: search/residuals.py), and only the
+top C of that go on to the exact score from the stored vectors. Small galleries have no
+cells and are scored exactly throughout. `exhaustive=True` scores every live item
+exactly."""
 
 from __future__ import annotations
 
