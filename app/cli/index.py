@@ -105,7 +105,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def summary(path: Path) -> str:
     """A few lines a person reads: counts, sizes, indexes, measured recall."""
     from index_builder.format.layout import read_manifest
-    from index_builder.format.manifest import drift
+    from index_builder.format.manifest import code_bytes, drift
 
     m = read_manifest(path)
     drifted = drift(m)
@@ -124,7 +124,7 @@ def summary(path: Path) -> str:
         shown = f"{cells['cells']:,} k-means cells" if cells else "no cells (scanned exactly)"
         if cells and cells.get("residual"):
             residual = cells["residual"]
-            shown += (f", residual codes of {(residual['subspaces'] + 1) // 2} B per vector "
+            shown += (f", residual codes of {code_bytes(residual['subspaces'])} B per vector "
                       f"({residual['subspaces']} 4-bit slices, error {residual['error']:.3f} "
                       f"of the bare cell's)")  # fmt: skip
         if cells and cells.get("retrain_drift"):

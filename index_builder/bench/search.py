@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index_builder.build.residuals import code_bytes
 from index_builder.build.writer import IndexWriter, WriterSpec
-from index_builder.format.manifest import RESIDUAL_FILES
+from index_builder.format.manifest import RESIDUAL_FILES, code_bytes
 from index_builder.format.metadata import CaptionRecord, ImageRecord
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.vectors import SearchParams, VectorSearcher
@@ -183,7 +182,7 @@ def measure(world: World, out: Path, params: SearchParams | None = None) -> dict
     args = world.args
     rss_before = _rss_bytes()
     index = GalleryIndex(out, checksums=False)
-    VectorSearcher(index, params)  # its inverted lists, as a served index holds them
+    searcher = VectorSearcher(index, params)  # its inverted lists count, as when served
     # grown at open: cell codes, lists, offsets; the residual codes are memory-mapped
     # and touched at random by every query, so they count in full
     residual_files = [p for name in RESIDUAL_FILES.values() for p in out.glob(f"seg*/{name}")]
@@ -193,7 +192,7 @@ def measure(world: World, out: Path, params: SearchParams | None = None) -> dict
     text_queries = [torch.from_numpy(world.caption(int(i), 99)) for i in images]
     try:
         images = _stored_images(index, args.queries, rng)
-        result = measure_queries(index, text_queries, images, params)
+        result = measure_queries(searcher, text_queries, images)
     finally:
         index.close()
     return {"ram_bytes_per_image": round(rss_index / args.images)} | result
@@ -208,55 +207,65 @@ def _stored_images(index: GalleryIndex, count: int, rng: np.random.Generator) ->
 CANDIDATE_SWEEP = (50, 100, 150, 200, 300, 400)  # C values whose recall@10 the report lists
 
 
-def measure_queries(
-    index: GalleryIndex, text_queries: list, image_queries: list, params: SearchParams | None
-) -> dict:
+def measure_queries(searcher: VectorSearcher, text_queries: list, image_queries: list) -> dict:
     """Per direction: recall@10 and latency of the search path against exhaustive exact
     search, recall@10 for each C of CANDIDATE_SWEEP, and for an index with residual
     codes the same figures with the second stage on the bare centroids, side by side."""
-    params = params or SearchParams()
-    searcher = VectorSearcher(index, params)
-    centroid = VectorSearcher(index, dataclasses.replace(params, residuals=False))
+    index, params = searcher.index, searcher.params
+    coded = {side: code_bytes(c["residual"]["subspaces"])
+             for side, c in index.manifest["cells"].items() if c.get("residual")}  # fmt: skip
+    centroid = None
+    if coded:  # the same C with the bare centroids in stage 2
+        centroid = VectorSearcher(index, dataclasses.replace(params, residuals=False))
     result: dict[str, Any] = {
         "cells": {side: c["cells"] for side, c in index.manifest["cells"].items()},
-        "residual_bytes": {side: code_bytes(c["residual"]["subspaces"])
-                           for side, c in index.manifest["cells"].items() if c.get("residual")},
-        "search": dataclasses.asdict(searcher.params),
-    }  # fmt: skip
-    for name, queries, run, run_centroid, default in (
-        ("text_to_image", text_queries, searcher.images_for_words,
-         centroid.images_for_words, params.candidates),
-        ("image_to_text", image_queries, searcher.captions_for_regions,
-         centroid.captions_for_regions, params.caption_candidates),
-    ):  # fmt: skip
-        # exhaustive first: every path is compared with the same truths
+        "residual_bytes": coded,
+        "search": dataclasses.asdict(params),
+    }
+    for name, queries, method, default in (
+        ("text_to_image", text_queries, "images_for_words", params.candidates),
+        ("image_to_text", image_queries, "captions_for_regions", params.caption_candidates),
+    ):
+        run = getattr(searcher, method)
+        # every fast query first, then the exhaustive ones: a full scan of a gallery
+        # larger than the page cache would otherwise evict what the next query reads
+        timed = {"default": _timed(run, queries)}
+        if centroid is not None:
+            timed["centroid_path"] = _timed(getattr(centroid, method), queries)
+        sweep = {str(c): _timed(run, queries, c)[0] for c in CANDIDATE_SWEEP}
         exact, truths = [], []
-        run(queries[0], 10, exhaustive=True)  # warm-up: page in the index structures
         for query in queries:
             started = time.perf_counter()
             truths.append(run(query, 10, exhaustive=True).rows)
             exact.append(time.perf_counter() - started)
-        figures = _timed_recall(run, queries, truths) | {"candidates": default}
-        if result["residual_bytes"]:  # the same C with the bare centroids in stage 2
-            figures["centroid_path"] = _timed_recall(run_centroid, queries, truths)
-        figures["recall_by_candidates"] = {
-            str(c): _timed_recall(run, queries, truths, c)["recall_at_10"] for c in CANDIDATE_SWEEP
-        }
+        figures = _figures(*timed.pop("default"), truths) | {"candidates": default}
+        figures |= {path: _figures(*found, truths) for path, found in timed.items()}
+        figures["recall_by_candidates"] = {c: _recall(rows, truths) for c, rows in sweep.items()}
         figures |= {"exhaustive_p50_ms": _pct(exact, 50), "exhaustive_p99_ms": _pct(exact, 99)}
         result[name] = figures
     return result
 
 
-def _timed_recall(run, queries: list, truths: list, candidates: int | None = None) -> dict:
-    """recall@10 of `run` against the truths, and its latency (after one warm-up)."""
+def _timed(run, queries: list, candidates: int | None = None) -> tuple[list, list]:
+    """The top-10 rows `run` finds for every query and its time per query (after one
+    warm-up that pages in the index structures)."""
     run(queries[0], 10, candidates)
-    times, recalls = [], []
-    for query, truth in zip(queries, truths, strict=True):
+    found, times = [], []
+    for query in queries:
         started = time.perf_counter()
-        rows = run(query, 10, candidates).rows
+        found.append(run(query, 10, candidates).rows)
         times.append(time.perf_counter() - started)
-        recalls.append(len(np.intersect1d(rows, truth)) / 10)
-    return {"recall_at_10": round(float(np.mean(recalls)), 4),
+    return found, times
+
+
+def _recall(found: list, truths: list) -> float:
+    pairs = zip(found, truths, strict=True)
+    hits = [len(np.intersect1d(rows, truth)) / 10 for rows, truth in pairs]
+    return round(float(np.mean(hits)), 4)
+
+
+def _figures(found: list, times: list, truths: list) -> dict[str, float]:
+    return {"recall_at_10": _recall(found, truths),
             "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99)}  # fmt: skip
 
 
@@ -277,7 +286,7 @@ def measure_existing(args: SearchBenchOptions) -> dict[str, Any]:
         searcher.encoder.text(text)
         encode.append(time.perf_counter() - started)
     images = _stored_images(index, args.queries, rng)
-    result = measure_queries(index, text_queries, images, search_params(args))
+    result = measure_queries(VectorSearcher(index, search_params(args)), text_queries, images)
     result["text_encode_p50_ms"] = _pct(encode, 50)
     m = index.manifest
     return {"index": str(args.index), "images": index.num_images, "regions": index.num_regions,

@@ -3,9 +3,9 @@
 Every stored vector (an image region, a caption word) belongs to the cell of its nearest
 centroid. The searcher uses cells twice (see search/vectors.py): inverted lists
 (search/lists.py) give the items that have a vector in the cells nearest a query vector
-(candidate generation, sublinear in the gallery), and centroid similarities plus the
-vectors' residual codes (residuals.py) approximate every vector of a candidate before
-the exact rerank.
+(candidate generation, sublinear in the gallery), and centroid similarities (plus the
+vectors' residual codes in an index built with them, residuals.py) approximate every
+vector of a candidate before the exact rerank.
 
 Training and assignment are matrix products in torch, in bf16 where the CPU multiplies
 bf16 natively (AVX512-BF16 or AMX: about 270 GFLOP/s against 160 for fp32 on a Zen 4
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index_builder.build.residuals import encode_residuals
+from index_builder.format.manifest import code_bytes
 from model.io import RowWriter, preallocate_npy
 
 logger = logging.getLogger(__name__)
@@ -223,8 +225,6 @@ def write_codes(
     .npy, and with `residuals` (a PQ codebook and a path) the uint8 codes of
     each vector's residual from its cell (build/residuals.py); returns the vectors' mean
     similarity to their cell (0 for no vectors)."""
-    from index_builder.build.residuals import code_bytes, encode_residuals
-
     assign = Assigner(centroids)
     preallocate_npy(path, (count,), np.int32)
     codebook = residual_writer = None

@@ -48,11 +48,6 @@ def subspaces_for(dim: int, wanted: int = RESIDUAL_SUBSPACES) -> int:
     return 1
 
 
-def code_bytes(subspaces: int) -> int:
-    """Bytes per stored vector: two 4-bit slices per byte."""
-    return (subspaces + 1) // 2
-
-
 def train_codebook(residuals: np.ndarray, subspaces: int, seed: int = 0) -> np.ndarray:
     """(n, d) float32 residuals -> (subspaces, 16, d / subspaces) float32 codewords.
     With fewer than 16 residuals (tiny sides) the missing codewords repeat points."""

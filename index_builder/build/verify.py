@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from index_builder.build.residuals import encode_residuals, unpack
 from index_builder.format import layout as fmt
 from index_builder.format.reader import GalleryIndex
 
@@ -118,10 +120,6 @@ def _check_residuals(
 ) -> str:
     """The stored residual codes of the sampled vectors are their codes against the
     codebook: encoded again, at most RESIDUAL_MISMATCH_SHARE of the slices differ."""
-    import torch
-
-    from index_builder.build.residuals import encode_residuals, unpack
-
     codebook, stored = residuals
     fresh = encode_residuals(
         torch.from_numpy(np.array(sample, np.float32)),

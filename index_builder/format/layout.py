@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from index_builder.format import manifest as manifest_schema
-from index_builder.format.manifest import CODE_FILES, RESIDUAL_FILES
+from index_builder.format.manifest import CODE_FILES, RESIDUAL_FILES, code_bytes
 from model.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ class Segment:
     offsets: np.ndarray  # (m + 1,)
     word_codes: np.ndarray | None  # (w,) cells of the words, when the index has word cells
     region_codes: np.ndarray | None  # (v,) cells of the region vectors, likewise
-    word_residuals: np.ndarray | None = None  # (w, S) uint8 residual codes of the words
-    region_residuals: np.ndarray | None = None  # (v, S) uint8 residual codes of the regions
+    word_residuals: np.ndarray | None = None  # (w, S / 2) uint8 residual codes of the words
+    region_residuals: np.ndarray | None = None  # (v, S / 2) uint8 the same of the regions
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -260,7 +260,7 @@ def check_segment(directory: Path, seg: Segment, entry: dict[str, Any],
     for side, array, rows in (("regions", seg.region_residuals, vectors),
                               ("words", seg.word_residuals, words)):  # fmt: skip
         if array is not None:
-            width = (manifest["cells"][side]["residual"]["subspaces"] + 1) // 2  # 2 per byte
+            width = code_bytes(manifest["cells"][side]["residual"]["subspaces"])
             expected[RESIDUAL_FILES[side]] = (array, (rows, width), np.dtype(np.uint8))
     for name, (array, shape, dtype) in expected.items():
         if array.shape != shape:

@@ -217,6 +217,12 @@ def drift(manifest: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def code_bytes(subspaces: int) -> int:
+    """Bytes per stored vector of residual codes in `subspaces` 4-bit slices (two slices
+    per byte; see build/residuals.py)."""
+    return (subspaces + 1) // 2
+
+
 def next_generation(manifest: dict[str, Any]) -> int:
     """The generation a change of this index commits (an index before generations: 1)."""
     return manifest.get("generation", 1) + 1

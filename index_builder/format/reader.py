@@ -109,8 +109,8 @@ class GalleryIndex:
         return codes, centroids
 
     def _residuals(self, side: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """One side's PQ codebook (S, 256, d / S) float32 and every vector's (n, S) uint8
-        residual codes, when the index has them (see build/residuals.py)."""
+        """One side's PQ codebook (S, 16, d / S) float32 and every vector's (n, S / 2)
+        uint8 residual codes, when the index has them (see build/residuals.py)."""
         entry = (self.manifest["cells"].get(side) or {}).get("residual")
         if entry is None:
             return None

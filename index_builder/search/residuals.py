@@ -21,7 +21,7 @@ class ResidualCodes:
     def __init__(self, codebook: np.ndarray, codes: np.ndarray) -> None:
         self.codebook = torch.from_numpy(np.array(codebook, np.float32))  # a copy: small
         self.codes = codes
-        self.subspaces, self.codewords = self.codebook.shape[:2]
+        self.subspaces = self.codebook.shape[0]
 
     def similarities(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """(q, d) query vectors and vector positions -> (len(positions), q) float32: each

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from index_builder.build.residuals import (
-    code_bytes,
     decode_residuals,
     encode_residuals,
     pack,
@@ -15,6 +14,7 @@ from index_builder.build.residuals import (
     train_codebook,
     unpack,
 )
+from index_builder.format.manifest import code_bytes
 from index_builder.search.residuals import ResidualCodes
 
 
