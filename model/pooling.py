@@ -19,6 +19,8 @@ caption search, never a padded copy). Entry points:
     pool_partial(values (H,), owner, hits, lengths, floor) -> (n,)      known words + floor
 
 Each takes torch tensors or numpy arrays (float32 or float64) and returns the same kind.
+pool_partial, the search's approximate stage, is the one that does not go through
+`_pool` (it is not differentiable, and one bincount pass per item is its whole cost).
 """
 
 from __future__ import annotations
@@ -151,18 +153,43 @@ def pool_partial(
     values: (H,) known values, owner: (H,) the item of each (in [0, n)), hits: (n,) known
     values per item, lengths: (n,) words per item; each item's lengths - hits other words
     are worth `floor`. Returns (n,). The same as pooling every word with the missing ones
-    filled in, without building that array: each item gets one extra entry, `floor`,
-    weighted by its number of missing words.
+    filled in, without building that array.
+
+    The search's approximate stage pools hundreds of thousands of entries per query
+    here, so this is the one pooling outside `_pool`: a weighted bincount per item (one
+    pass, float64), and for lse one shift for all items, the largest value (the result
+    does not depend on it; an item loses precision only if all its values lie more than
+    about 700 temperatures below that, which similarities never do). Not differentiable.
     """
-    tensor = _as_tensor(values)
-    owner, hits, lengths = (
-        torch.as_tensor(a, device=tensor.device) for a in (owner, hits, lengths)
-    )
-    items = lengths.numel()
-    entries = torch.cat([tensor, tensor.new_full((items,), floor)])
-    owners = torch.cat([owner.to(torch.int64), torch.arange(items, device=tensor.device)])
-    weights = torch.cat([torch.ones_like(tensor), (lengths - hits).to(tensor.dtype)])
-    return _like(values, _pool(entries, _Owned(owners, lengths), matching, weights))
+    as_tensor = isinstance(values, torch.Tensor)
+    array = values.detach().cpu().numpy() if as_tensor else np.asarray(values)
+    owner, hits, lengths = (np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a)
+                            for a in (owner, hits, lengths))  # fmt: skip
+    items = len(lengths)
+    missing = (lengths - hits).astype(np.float64)
+    pooling = matching.pooling
+    if pooling == "max":
+        best = torch.full((items,), float("-inf"), dtype=torch.float64)
+        best.scatter_reduce_(0, torch.from_numpy(owner.astype(np.int64)),
+                             torch.from_numpy(array.astype(np.float64)), "amax")  # fmt: skip
+        result = np.where(missing > 0, np.maximum(best.numpy(), floor), best.numpy())
+    elif pooling == "lse":
+        t = matching.pooling_temperature
+        shift = max(float(array.max()) if len(array) else floor, floor)
+        # exp in the values' own precision (float32 takes the vectorised exp), sums in float64
+        weights = np.exp((array - array.dtype.type(shift)) / array.dtype.type(t))
+        total = np.bincount(owner, weights=weights, minlength=items)
+        total += missing * np.exp((floor - shift) / t)
+        result = np.log(total.astype(array.dtype)) + array.dtype.type(shift / t)
+    elif pooling in ("sum", "mean"):
+        result = np.bincount(owner, weights=array.astype(np.float64), minlength=items)
+        result += missing * floor
+        if pooling == "mean":
+            result /= lengths
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    result = result.astype(array.dtype)
+    return torch.from_numpy(result).to(values.device) if as_tensor else result
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:

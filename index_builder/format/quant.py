@@ -52,12 +52,18 @@ def dequantize(
     if out is None:
         out = np.empty(codes.shape, np.float32)
     target = torch.from_numpy(out)
-    with warnings.catch_warnings():  # a memory map is read-only; it is only ever read here
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        target.copy_(torch.from_numpy(codes))
+    target.copy_(stored_tensor(codes))
     if scales is not None:
         target.mul_(torch.from_numpy(scales).unsqueeze(-1))
     return out
+
+
+def stored_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor view of stored rows, for reading only: a memory map opened read-only would
+    otherwise warn on every view."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))
 
 
 def _quantize_block(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

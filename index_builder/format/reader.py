@@ -191,23 +191,46 @@ class GalleryIndex:
         counts = torch.from_numpy(self.counts[rows])
         return fill_padded_regions(torch.from_numpy(block), counts, inplace=True)
 
-    def image_codes(
-        self, rows: np.ndarray, out: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Like images(rows, out), but int8 rows are left unscaled and their (C, K) scales
-        come back separately (else None): a product can scale its (C*K, L) result
-        instead of the (C*K, d) block, 1/d of the work."""
+    def stored_images(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image rows as stored, not widened: (C, K, d) codes (int8 or float16; float32
+        from the RAM copy) and, for int8, their (C, K) scales (else None). The exact
+        rerank widens them a cache-sized block at a time (search/vectors.py), so a
+        query's float32 copy of its candidates never exists."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._image_cache is not None or self.storage != "int8":
-            regions, counts = self.images(rows, out)
-            return regions, counts, None
-        scales = np.empty((len(rows), self.num_regions), np.float32)
-        block = self._read_images(rows, out[: len(rows)], scales_out=scales)
-        return (
-            torch.from_numpy(block),
-            torch.from_numpy(self.counts[rows]),
-            torch.from_numpy(scales),
-        )
+        if self._image_cache is not None:
+            return self._image_cache[rows], None
+        return self._stored(rows, self._image_starts, "regions", "region_scales")
+
+    def stored_words(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like stored_images, for global flat word positions: (n, d) codes, (n,) scales."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._word_cache is not None:
+            return self._word_cache[positions], None
+        return self._stored(positions, self._word_starts, "words", "word_scales")
+
+    def _stored(
+        self, rows: np.ndarray, starts: np.ndarray, vectors: str, scales_name: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        parts = list(self._by_segment(rows, starts))
+        if len(parts) == 1 and np.all(np.diff(parts[0][2]) > 0):  # one segment, sorted rows
+            seg = self.segments[parts[0][0]]
+            take = _as_slice(parts[0][2])
+            scales = getattr(seg, scales_name)
+            return getattr(seg, vectors)[take], None if scales is None else scales[take]
+        first = getattr(self.segments[0], vectors)
+        codes = np.empty((len(rows), *first.shape[1:]), first.dtype)
+        scales = None
+        for seg_index, where, local in parts:
+            seg = self.segments[seg_index]
+            order = np.argsort(local, kind="stable")  # sorted reads suit the memory map
+            take = _as_slice(local[order])
+            codes[where[order]] = getattr(seg, vectors)[take]
+            seg_scales = getattr(seg, scales_name)
+            if seg_scales is not None:
+                if scales is None:
+                    scales = np.empty(codes.shape[:-1], np.float32)
+                scales[where[order]] = seg_scales[take]
+        return codes, scales
 
     def _read_images(
         self, rows: np.ndarray, out: np.ndarray | None = None, scales_out: np.ndarray | None = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from index_builder.format.quant import stored_tensor
 from index_builder.format.reader import GalleryIndex
 from index_builder.search.lists import InvertedLists
 from index_builder.search.residuals import ResidualCodes
@@ -33,8 +34,12 @@ logger = logging.getLogger(__name__)
 
 EXHAUSTIVE_CHUNK_IMAGES = 2048  # images dequantised and scored per step of an exact scan
 CELL_SCAN_IMAGES = 8192  # images per block of the approximate cell scan
-RERANK_CHUNK_IMAGES = 64  # images per exact step when read from disk (a 9 MB buffer)
+RERANK_CHUNK_IMAGES = 128  # images per exact step read from the memory map (4.7 MB int8)
 RERANK_CHUNK_CAPTIONS = 256  # captions per exact step
+# Stored vectors widened to float32 per product: 2 MB at d = 1024, a block that stays in
+# cache, so the exact scorer reads each candidate once, as stored (int8: a quarter of the
+# bytes), and its float32 copy never goes out to memory.
+PRODUCT_BLOCK_VECTORS = 512
 FILTER_EXACT_MAX = 4096  # a metadata filter keeping at most this many rows is scored exactly
 
 
@@ -66,8 +71,9 @@ class VectorSearcher:
             self.region_lists = InvertedLists.build(
                 index.region_codes, index.region_owner, len(index.region_centroids), unique=True
             )
+        self.caption_lengths = np.diff(index.word_offsets)
         if index.word_codes is not None:  # per cell, the caption of each word in it
-            word_owner = np.repeat(np.arange(index.num_captions), np.diff(index.word_offsets))
+            word_owner = np.repeat(np.arange(index.num_captions), self.caption_lengths)
             self.word_lists = InvertedLists.build(
                 index.word_codes, word_owner, len(index.word_centroids), unique=False
             )
@@ -116,41 +122,50 @@ class VectorSearcher:
         probed_sims = np.take_along_axis(cell_sims, probed, axis=1)
         floor = probed_sims.min(axis=1)  # (L,)
         items, source = self.region_lists.gather(probed.ravel())
-        keep = live[items]
-        items, source = items[keep], source[keep]
+        if not live.all():
+            keep = live[items]
+            items, source = items[keep], source[keep]
         rows, local = _dense_ids(items, index.num_images)
         best = torch.from_numpy(np.repeat(floor[:, None], len(rows), axis=1))  # (L, n)
         flat = torch.from_numpy(source // probes * len(rows) + local)
         values = torch.from_numpy(probed_sims.ravel()[source])
         best.view(-1).scatter_reduce_(0, flat, values, "amax")
-        approx = pool_dense(best.numpy().astype(np.float64), self.matching)
+        approx = pool_dense(best.numpy(), self.matching)
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
         # 2. every region of the survivors: its centroid (+ residual), words x vectors
         positions, segment_starts = item_positions(index.region_starts, rows)
-        sims = cell_sims[:, index.region_codes[positions]]
+        by_cell = np.ascontiguousarray(cell_sims.T)  # (cells, L): one row read per vector
+        sims = by_cell[index.region_codes[positions]]  # (vectors, L)
         if self.region_residuals is not None:
-            sims += self.region_residuals.similarities(words.numpy(), positions).T
-        per_image = np.maximum.reduceat(sims, segment_starts, axis=1)
-        refined = pool_dense(per_image.astype(np.float64), self.matching)
+            sims += self.region_residuals.similarities(words.numpy(), positions)
+        per_image = np.maximum.reduceat(sims, segment_starts, axis=0)  # (n, L)
+        refined = pool_dense(per_image.T.astype(np.float64), self.matching)
         return rows[_top(refined, candidates)]
 
     def _exact_images(
         self, words: torch.Tensor, rows: np.ndarray, k: int, timer: Timer, exhaustive: bool
     ) -> Ranking:
-        if self.index.has_filled_cache:  # views of the RAM copy: big steps cost nothing
+        index, hard = self.index, self.matching.coding == "hard"
+        if index.has_filled_cache:  # views of the RAM copy: big steps cost nothing
             step, buffer = EXHAUSTIVE_CHUNK_IMAGES, None
-        else:  # read into one small buffer that stays in cache, step after step
+        elif hard:  # stored rows, widened block by block in one cached buffer
             step = RERANK_CHUNK_IMAGES
-            buffer = self._buffer("images", (step, self.index.num_regions, self.index.dim))
+            buffer = self._buffer("product", (PRODUCT_BLOCK_VECTORS, index.dim))
+        else:  # the general scorer takes float32 images
+            step = RERANK_CHUNK_IMAGES
+            buffer = self._buffer("images", (step, index.num_regions, index.dim))
 
         def score(chunk: np.ndarray) -> torch.Tensor:
-            if buffer is not None and self.matching.coding == "hard":
-                block, counts, scales = self.index.image_codes(chunk, buffer)
-                return hard_text_scores(words, block, counts, self.matching, scales)
+            if buffer is not None and hard:
+                codes, scales = index.stored_images(chunk)
+                sims = stored_products(words, codes, scales, buffer)
+                counts = torch.from_numpy(index.counts[chunk])
+                return hard_text_scores(sims.view(len(words), *codes.shape[:2]), counts,
+                                        self.matching)  # fmt: skip
             # padding holds a copy of each image's first region, so no lengths
-            block = self.index.filled_images(chunk, buffer)
+            block = index.filled_images(chunk, buffer)
             return score_text_query(words, block, None, self.matching)
 
         return _rank_exactly(score, rows, step, k, timer, exhaustive)
@@ -204,15 +219,14 @@ class VectorSearcher:
         probed = np.argpartition(-cell_best, probes - 1)[:probes]
         floor = float(cell_best[probed].min())
         items, source = self.word_lists.gather(probed)
-        keep = live[items]
-        items, source = items[keep], source[keep]
+        if not live.all():
+            keep = live[items]
+            items, source = items[keep], source[keep]
         rows, local = _dense_ids(items, index.num_captions)
-        lengths = np.diff(index.word_offsets)[rows]
+        lengths = self.caption_lengths[rows]
         hits = np.bincount(local, minlength=len(rows))
-        approx = pool_partial(
-            cell_best[probed[source]].astype(np.float64), local, hits, lengths, floor,
-            self.matching,
-        )  # fmt: skip
+        values = cell_best[probed][source]  # float32: one pass of float32 exp, not float64
+        approx = pool_partial(values, local, hits, lengths, floor, self.matching)
         rows = rows[_top(approx, params.refine * candidates)]
         if not len(rows):
             return rows
@@ -232,8 +246,19 @@ class VectorSearcher:
     def _exact_captions(
         self, regions: torch.Tensor, rows: np.ndarray, k: int, timer: Timer, exhaustive: bool
     ) -> Ranking:
-        lengths = np.diff(self.index.word_offsets)
+        lengths = self.caption_lengths
         step = RERANK_CHUNK_CAPTIONS
+        if self.matching.coding == "hard":
+            buffer = self._buffer("product", (PRODUCT_BLOCK_VECTORS, self.index.dim))
+
+            def score(chunk: np.ndarray) -> torch.Tensor:  # each word's best region, pooled
+                positions, run_starts = item_positions(self.index.word_offsets, chunk)
+                codes, scales = self.index.stored_words(positions)
+                best = stored_products(regions, codes, scales, buffer).amax(dim=0)
+                offsets = torch.from_numpy(np.append(run_starts, len(positions)))
+                return pool_segments(best, offsets, self.matching)
+
+            return _rank_exactly(score, rows, step, k, timer, exhaustive)
 
         def score(chunk: np.ndarray) -> torch.Tensor:
             words = int(lengths[chunk].sum())
@@ -247,27 +272,39 @@ def _residual_codes(stored: tuple[np.ndarray, np.ndarray] | None) -> ResidualCod
     return None if stored is None else ResidualCodes(*stored)
 
 
-def hard_text_scores(
-    words: torch.Tensor,
-    regions: torch.Tensor,
-    counts: torch.Tensor,
-    matching: Matching,
-    scales: torch.Tensor | None = None,
+def stored_products(
+    query: torch.Tensor, codes: np.ndarray, scales: np.ndarray | None, buffer: np.ndarray
 ) -> torch.Tensor:
-    """Exact hard-assignment scores of one query's words (L, d) against a small block of
-    images (n, K, d) with `counts` valid regions: one product, padded slots masked to
-    -inf before each word's max, then the model's pooling. The rerank's inner loop: the
-    general scorer's padding fill and chunk planning cost more than the product here.
-    scales: (n, K) per-region factors of unscaled int8 codes, applied to the products."""
-    n, slots, dim = regions.shape
-    sims = regions.reshape(n * slots, dim) @ words.T
+    """Similarities of query vectors (L, d) to stored vectors `codes` (..., d): (L, n),
+    n the number of stored vectors, in their order. int8 and float16 codes are widened
+    into `buffer` (float32, (B, d), one that stays in cache) B vectors at a time and
+    multiplied there; int8 products are then scaled by `scales` (...,), L x n values
+    instead of n x d. float32 codes (a RAM copy) are multiplied as they are."""
+    dim = query.shape[1]
+    flat = stored_tensor(codes).reshape(-1, dim)
+    out = torch.empty(query.shape[0], flat.shape[0])
+    if flat.dtype == torch.float32:
+        torch.mm(query, flat.T, out=out)
+    else:
+        block = torch.from_numpy(buffer)
+        for start in range(0, len(flat), len(block)):
+            stop = min(start + len(block), len(flat))
+            widened = block[: stop - start]
+            widened.copy_(flat[start:stop])
+            torch.mm(query, widened.T, out=out[:, start:stop])
     if scales is not None:
-        sims *= scales.reshape(n * slots, 1)
-    sims = sims.view(n, slots, -1)
-    padded = torch.arange(slots)[None, :] >= counts[:, None]
-    per_word = sims.masked_fill_(padded[:, :, None], float("-inf")).amax(dim=1)  # (n, L)
-    offsets = torch.tensor([0, words.shape[0]])
-    return pool_segments(per_word, offsets, matching)[:, 0]
+        out *= torch.from_numpy(np.asarray(scales, np.float32).reshape(1, -1))
+    return out
+
+
+def hard_text_scores(sims: torch.Tensor, counts: torch.Tensor, matching: Matching) -> torch.Tensor:
+    """Exact hard-assignment scores of one query from its word-region similarities
+    (L, n, K) to n images with `counts` valid regions: padded slots masked to -inf before
+    each word's max, then the model's pooling. The rerank's inner loop: the general
+    scorer's padding fill and chunk planning cost more than the product here."""
+    padded = torch.arange(sims.shape[2])[None, :] >= counts[:, None]  # (n, K)
+    per_word = sims.masked_fill_(padded[None], float("-inf")).amax(dim=2)  # (L, n)
+    return pool_dense(per_word, matching)
 
 
 def _rank_exactly(
@@ -296,11 +333,10 @@ def _mask(rows: np.ndarray, size: int) -> np.ndarray:
 def _dense_ids(items: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ids among `items` (ascending) and each item's position among them, in
     O(len(items) + size) without sorting."""
-    present = np.bincount(items, minlength=size) > 0
-    distinct = np.flatnonzero(present)
-    position = np.zeros(size, np.int64)
-    position[distinct] = np.arange(len(distinct))
-    return distinct, position[items]
+    present = np.zeros(size, bool)
+    present[items] = True
+    position = np.cumsum(present) - 1  # of each present id among the distinct ones
+    return np.flatnonzero(present), position[items]
 
 
 def item_positions(starts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -257,14 +257,16 @@ def test_row_gathers_in_any_order_equal_single_reads(world, index_dir):
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])
 def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkeypatch, storage):
-    """The exact scorer reads from the memory map into small reused buffers when the
-    index is not held in RAM; both paths give the same rows and scores (small steps so
-    that buffers are reused across several chunks)."""
+    """The exact scorer reads stored rows from the memory map and widens them block by
+    block into a small reused buffer when the index is not held in RAM; both paths give
+    the same rows and scores (small steps, so that chunks and blocks repeat and end
+    ragged)."""
     from index_builder.search import vectors as shortlist
     from index_builder.search.vectors import VectorSearcher
 
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_IMAGES", 4)
     monkeypatch.setattr(shortlist, "RERANK_CHUNK_CAPTIONS", 8)
+    monkeypatch.setattr(shortlist, "PRODUCT_BLOCK_VECTORS", 5)  # a ragged last block
     if storage == "int8":
         index_dir = build(world, tmp_path / "int8", storage="int8")
 

@@ -212,6 +212,36 @@ def test_verify_finds_residual_codes_that_do_not_encode_the_vectors(world, parts
         verify_index(index)
 
 
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_stored_rows_are_gathered_across_segments_in_the_asked_order(world, parts, tmp_path,
+                                                                      storage):  # fmt: skip
+    """The rerank's gathers (rows as stored, int8 scales apart) equal the dequantising
+    reads, for rows of both segments in any order, and for runs of one segment."""
+    from index_builder.build.build import BuildOptions, build_index
+    from index_builder.format.quant import dequantize
+
+    path = tmp_path / "idx"
+    root = parts["root"]
+    build_index(world / "ckpt", path, root / "first.jsonl", features=root / "first",
+                split="test", options=BuildOptions(recall_queries=2, region_cells=8,
+                                                   word_cells=8, storage=storage),
+                progress=False)  # fmt: skip
+    add_items(path, world / "ckpt", captions=parts["last_captions"], features=parts["last"],
+              split="test", progress=False)  # fmt: skip
+    index = GalleryIndex(path, cache_bytes=0)
+    assert len(index.segments) == 2
+    for rows in ([12, 3, 10, 0, 13, 4], [2, 3, 4], [1, 5, 9], [11, 13]):
+        codes, scales = index.stored_images(np.array(rows))
+        assert codes.dtype == np.dtype(storage) and (scales is None) == (storage != "int8")
+        expected, _ = index.images(np.array(rows))
+        np.testing.assert_array_equal(dequantize(codes, scales), expected.numpy())
+    last = int(index.word_offsets[-1]) - 1
+    for positions in ([last, 0, 5, 4], [0, 1, 2], [last - 1, last]):
+        codes, scales = index.stored_words(np.array(positions))
+        np.testing.assert_array_equal(dequantize(codes, scales),
+                                      index.word_vectors(np.array(positions)))  # fmt: skip
+
+
 def test_add_encodes_the_new_residuals_with_the_existing_codebook(world, parts, tmp_path):
     from index_builder.build.residuals import encode_residuals
 

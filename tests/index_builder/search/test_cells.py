@@ -110,19 +110,46 @@ def test_dense_ids_and_segments():
 
 @pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
 def test_rerank_scores_equal_the_model_scorer(pooling):
-    """The rerank's masked fast path equals score_text_query on filled padding."""
-    from index_builder.search.vectors import hard_text_scores
+    """The rerank's path (int8 rows as stored, widened block by block, products scaled
+    afterwards, padded slots masked) equals score_text_query on the dequantised images
+    with filled padding."""
+    from index_builder.format.quant import dequantize, quantize_int8
+    from index_builder.search.vectors import hard_text_scores, stored_products
     from model.scoring import fill_padded_regions, score_text_query
 
     rng = np.random.default_rng(4)
     matching = Matching(coding="hard", pooling=pooling, pooling_temperature=0.1)
-    regions = torch.from_numpy(_unit(rng.normal(size=(9, 7, 32))))
+    regions = _unit(rng.normal(size=(9, 7, 32)))
     counts = torch.tensor([7, 1, 3, 7, 5, 2, 7, 4, 6])
-    regions[torch.arange(7)[None, :] >= counts[:, None]] = 5.0  # garbage in padding
+    regions[np.arange(7)[None, :] >= counts.numpy()[:, None]] = 5.0  # garbage in padding
+    codes, scales = quantize_int8(regions)
     words = torch.from_numpy(_unit(rng.normal(size=(6, 32))))
-    expected = score_text_query(words, fill_padded_regions(regions, counts), None, matching)
-    got = hard_text_scores(words, regions.clone(), counts, matching)
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    stored = torch.from_numpy(dequantize(codes, scales))
+    expected = score_text_query(words, fill_padded_regions(stored, counts), None, matching)
+    buffer = np.empty((10, 32), np.float32)  # 63 vectors: six full blocks and a ragged one
+    sims = stored_products(words, codes, scales, buffer).view(6, 9, 7)
+    got = hard_text_scores(sims, counts, matching)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float16", "float32"])
+def test_stored_products_equal_the_product_with_the_decoded_vectors(dtype):
+    from index_builder.format.quant import dequantize, quantize_int8
+    from index_builder.search.vectors import stored_products
+
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(4, 9, 16)).astype(np.float32)
+    if dtype == "int8":
+        codes, scales = quantize_int8(vectors)
+        decoded = dequantize(codes, scales)
+    else:
+        codes, scales = vectors.astype(dtype), None
+        decoded = codes.astype(np.float32)
+    query = torch.from_numpy(rng.normal(size=(3, 16)).astype(np.float32))
+    got = stored_products(query, codes, scales, np.empty((7, 16), np.float32))
+    expected = query @ torch.from_numpy(decoded.reshape(-1, 16)).T
+    assert got.shape == (3, 36)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_cells_reports_both_paths_side_by_side(capsys):
