@@ -287,6 +287,34 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkey
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
+def test_soft_coding_disk_and_ram_paths_score_identically(index_dir, monkeypatch):
+    """A checkpoint with soft coding takes the general scorer in both directions: from
+    the RAM copy and from the memory map it gives the same rows and scores."""
+    from index_builder.search import vectors as shortlist
+    from index_builder.search.vectors import VectorSearcher
+    from model.scoring import Matching
+
+    monkeypatch.setattr(shortlist, "RERANK_CHUNK_IMAGES", 4)
+    monkeypatch.setattr(shortlist, "RERANK_CHUNK_CAPTIONS", 8)
+    ram = VectorSearcher(GalleryIndex(index_dir))
+    disk = VectorSearcher(GalleryIndex(index_dir, cache_bytes=0))
+    for searcher in (ram, disk):
+        searcher.matching = Matching(coding="soft", pooling="lse", pooling_temperature=0.1)
+    words = torch.nn.functional.normalize(torch.randn(5, ram.index.dim), dim=1)
+    a = ram.images_for_words(words, k=9, exhaustive=True)
+    b = disk.images_for_words(words, k=9, exhaustive=True)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    hard = VectorSearcher(GalleryIndex(index_dir)).images_for_words(words, k=9, exhaustive=True)
+    assert not np.allclose(hard.scores, a.scores)  # the soft scorer did run
+    regions, counts = ram.index.images(np.array([2]))
+    query = regions[0, : int(counts[0])]
+    a = ram.captions_for_regions(query, k=20, exhaustive=True)
+    b = disk.captions_for_regions(query, k=20, exhaustive=True)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+
+
 def copy_with_version(index_dir, out, version: int):
     """A copy of the index whose manifest claims another format version."""
     shutil.copytree(index_dir, out)
