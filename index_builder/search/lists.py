@@ -32,6 +32,24 @@ class InvertedLists:
         sizes = np.bincount(cell_of, minlength=cells)
         return cls(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), items)
 
+    def extended(self, newer: InvertedLists) -> InvertedLists:
+        """These lists with `newer`'s postings after each cell's own: the lists of an
+        index that gained a segment, in time proportional to the postings rather than a
+        sort. newer's items must be rows after all of these (a later segment), so every
+        cell stays ascending."""
+        cells = len(self.starts) - 1
+        if len(newer.starts) - 1 != cells:
+            raise ValueError(f"lists over {cells} and {len(newer.starts) - 1} cells")
+        own, added = np.diff(self.starts), np.diff(newer.starts)
+        starts = self.starts + newer.starts
+        items = np.empty(len(self.items) + len(newer.items), np.int32)
+        cell = np.repeat(np.arange(cells), own)  # each old posting moves by the cell's gain
+        items[np.arange(len(self.items)) + newer.starts[:-1][cell]] = self.items
+        cell = np.repeat(np.arange(cells), added)  # each new one goes after the cell's old
+        shift = self.starts[1:][cell]
+        items[np.arange(len(newer.items)) + shift] = newer.items
+        return InvertedLists(starts, items)
+
     def gather(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items of the given cells, and for each the position in `cells` it came from."""
         lo, hi = self.starts[cells], self.starts[cells + 1]

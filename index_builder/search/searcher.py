@@ -60,11 +60,16 @@ class Searcher:
         checkpoint: LoadedCheckpoint | None,
         params: SearchParams | None = None,
         root: Path | None = None,
+        previous: dict[Path, VectorSearcher] | None = None,
     ) -> None:
+        """previous: vector searchers of these directories at an earlier generation, whose
+        inverted lists an added segment extends (VectorSearcher)."""
         if len({index.checkpoint_sha256 for index in indexes}) != 1:
             raise fmt.IndexFormatError("the shards were built by different checkpoints")
         self.params = params or SearchParams()
-        self.shards = [Shard(index, VectorSearcher(index, self.params)) for index in indexes]
+        earlier = previous or {}
+        self.shards = [Shard(index, VectorSearcher(index, self.params, earlier.get(index.path)))
+                       for index in indexes]  # fmt: skip
         self.checkpoint = checkpoint
         # every shard records the same model, so the same extractor
         self.encoder = QueryEncoder(checkpoint, indexes[0].manifest.get("extractor"))
@@ -105,7 +110,8 @@ class Searcher:
     def refreshed(self, checksums: bool = True) -> Searcher:
         """A new Searcher over the same directory at its current generation, with the
         loaded model and the verification of every unchanged file carried over (a
-        segment that an add hard-linked over is not checksummed again). This searcher
+        segment that an add hard-linked over is not checksummed again), and after an add
+        the inverted lists extended by the new rows, not rebuilt. This searcher
         keeps serving what it holds; requests in flight finish on it."""
         if self.root is None:
             raise ValueError("this searcher was not opened from a directory")
@@ -113,7 +119,8 @@ class Searcher:
         digest = self.checkpoint_sha256
         indexes = [GalleryIndex(d, digest, checksums, previous=previous.get(d))
                    for d in fmt.shard_dirs(self.root)]  # fmt: skip
-        return Searcher(indexes, self.checkpoint, self.params, self.root)
+        searchers = {shard.index.path: shard.vectors for shard in self.shards}
+        return Searcher(indexes, self.checkpoint, self.params, self.root, searchers)
 
     @property
     def index(self) -> GalleryIndex:

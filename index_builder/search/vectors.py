@@ -59,24 +59,26 @@ class VectorSearcher:
     """Searches one GalleryIndex with query vectors (see search/encoder.py for queries):
     rows and exact scores, no metadata. Thread-safe."""
 
-    def __init__(self, index: GalleryIndex, params: SearchParams | None = None) -> None:
+    def __init__(
+        self,
+        index: GalleryIndex,
+        params: SearchParams | None = None,
+        previous: VectorSearcher | None = None,
+    ) -> None:
+        """previous: a searcher of the same index at an earlier generation; when this one
+        only adds segments after its rows, over the same cells (`chan index add`), its
+        inverted lists are extended with the new rows' postings instead of rebuilt."""
         self.index = index
         self.params = params or SearchParams()
         self.matching: Matching = index.matching
-        self.region_lists = self.word_lists = None
         use = self.params.residuals
         self.region_residuals = _residual_codes(index.region_residuals if use else None)
         self.word_residuals = _residual_codes(index.word_residuals if use else None)
-        if index.region_codes is not None:  # per cell, the images with a region in it
-            self.region_lists = InvertedLists.build(
-                index.region_codes, index.region_owner, len(index.region_centroids), unique=True
-            )
         self.caption_lengths = np.diff(index.word_offsets)
-        if index.word_codes is not None:  # per cell, the caption of each word in it
-            word_owner = np.repeat(np.arange(index.num_captions), self.caption_lengths)
-            self.word_lists = InvertedLists.build(
-                index.word_codes, word_owner, len(index.word_centroids), unique=False
-            )
+        word_owner = np.repeat(np.arange(index.num_captions), self.caption_lengths)
+        # per cell, the images with a region in it, and the caption of each word in it
+        self.region_lists = _lists(index, "region", index.region_owner, True, previous)
+        self.word_lists = _lists(index, "word", word_owner, False, previous)
         self._local = threading.local()  # per-thread scratch buffers of the exact scorer
 
     # ------------------------------------------------------------------ text -> images
@@ -266,6 +268,36 @@ class VectorSearcher:
             return score_image_query(regions, self.index.captions(chunk, buffer), self.matching)
 
         return _rank_exactly(score, rows, step, k, timer, exhaustive)
+
+
+def _lists(
+    index: GalleryIndex,
+    side: str,
+    owners: np.ndarray,
+    unique: bool,
+    previous: VectorSearcher | None,
+) -> InvertedLists | None:
+    """One side's ("region" or "word") inverted lists: the previous searcher's, extended
+    by the vectors after its own, when this index kept its cells and every earlier row
+    as it was (an add), else built afresh."""
+    codes, centroids = getattr(index, f"{side}_codes"), getattr(index, f"{side}_centroids")
+    if codes is None:
+        return None
+    old = None if previous is None else getattr(previous, f"{side}_lists")
+    if old is not None:
+        before = previous.index
+        # the rows' layout decides the owners: image region counts, caption offsets
+        layout = "counts" if side == "region" else "word_offsets"
+        old_codes, old_layout = getattr(before, f"{side}_codes"), getattr(before, layout)
+        kept = (len(old_codes) <= len(codes)
+                and np.array_equal(getattr(before, f"{side}_centroids"), centroids)
+                and np.array_equal(old_layout, getattr(index, layout)[: len(old_layout)])
+                and np.array_equal(old_codes, codes[: len(old_codes)]))  # fmt: skip
+        if kept:
+            start = len(old_codes)
+            newer = InvertedLists.build(codes[start:], owners[start:], len(centroids), unique)
+            return old.extended(newer)
+    return InvertedLists.build(codes, owners, len(centroids), unique)
 
 
 def _residual_codes(stored: tuple[np.ndarray, np.ndarray] | None) -> ResidualCodes | None:

@@ -162,6 +162,41 @@ def test_compact_retrains_drifted_cells(world, parts, tmp_path, monkeypatch, cap
     verify_index(index)
 
 
+def test_a_searcher_after_an_add_extends_the_lists_it_had(world, parts, tmp_path, monkeypatch):
+    """Opening the next generation extends the previous searcher's inverted lists by the
+    added rows (no sort over every vector) and gets the lists a fresh open builds; after
+    a compaction that dropped an image the region rows moved, so those are built afresh."""
+    from index_builder.search import lists
+    from index_builder.search.vectors import VectorSearcher
+
+    path = tmp_path / "idx"
+    shutil.copytree(parts["base"], path)
+    before = VectorSearcher(GalleryIndex(path))
+    add_items(path, world / "ckpt", captions=parts["last_captions"], features=parts["last"],
+              split="test", progress=False)  # fmt: skip
+    extended = []
+    real = lists.InvertedLists.extended
+    monkeypatch.setattr(
+        lists.InvertedLists,
+        "extended",
+        lambda self, newer: extended.append(len(newer.items)) or real(self, newer),
+    )
+    after = VectorSearcher(GalleryIndex(path), previous=before)
+    fresh = VectorSearcher(GalleryIndex(path))
+    assert len(extended) == 2 and all(extended)  # both sides, each with new postings
+    for side in ("region_lists", "word_lists"):
+        np.testing.assert_array_equal(getattr(after, side).starts, getattr(fresh, side).starts)
+        np.testing.assert_array_equal(getattr(after, side).items, getattr(fresh, side).items)
+    delete_items(path, [parts["last_ids"][0]], [])
+    compact_index(path, recall_queries=0)
+    extended.clear()
+    compacted = VectorSearcher(GalleryIndex(path), previous=after)
+    assert extended == [0]  # images moved: region lists rebuilt; captions kept: nothing new
+    rebuilt = VectorSearcher(GalleryIndex(path))
+    for side in ("region_lists", "word_lists"):
+        np.testing.assert_array_equal(getattr(compacted, side).items, getattr(rebuilt, side).items)
+
+
 def test_a_reload_reads_only_the_new_segment_again(world, parts, tmp_path, monkeypatch):
     index, _ = _grown(world, parts, tmp_path)
     old = GalleryIndex(index)

@@ -108,6 +108,25 @@ def test_dense_ids_and_segments():
     np.testing.assert_array_equal(run_starts, [0, 5, 8])
 
 
+@pytest.mark.parametrize("unique", [True, False])
+def test_extended_lists_equal_lists_built_over_all_rows(unique):
+    """An added segment's postings appended per cell give the lists of the whole."""
+    rng = np.random.default_rng(6)
+    owners = np.sort(rng.integers(0, 40, 300))  # vectors item by item, ascending
+    codes = rng.integers(0, 9, 300)
+    split = int(np.searchsorted(owners, 25))  # items 25.. arrive in a later segment
+    whole = InvertedLists.build(codes, owners, 9, unique)
+    old = InvertedLists.build(codes[:split], owners[:split], 9, unique)
+    new = InvertedLists.build(codes[split:], owners[split:], 9, unique)
+    grown = old.extended(new)
+    np.testing.assert_array_equal(grown.starts, whole.starts)
+    np.testing.assert_array_equal(grown.items, whole.items)
+    empty = old.extended(InvertedLists.build(codes[:0], owners[:0], 9, unique))
+    np.testing.assert_array_equal(empty.items, old.items)
+    with pytest.raises(ValueError, match="cells"):
+        old.extended(InvertedLists.build(codes, owners, 10, unique))
+
+
 @pytest.mark.parametrize("pooling", ["lse", "mean", "max", "sum"])
 def test_rerank_scores_equal_the_model_scorer(pooling):
     """The rerank's path (int8 rows as stored, widened block by block, products scaled
