@@ -279,12 +279,17 @@ def test_disk_and_ram_paths_score_identically(world, index_dir, tmp_path, monkey
         b = disk.images_for_words(words, k=9, exhaustive=exhaustive)
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
-    regions, counts = ram.index.images(np.array([3]))
+    _same_caption_results(ram, disk, row=3, rtol=1e-6)
+
+
+def _same_caption_results(ram, disk, row: int, rtol: float) -> None:
+    """Stored image `row` as a query: both searchers give the same captions and scores."""
+    regions, counts = ram.index.images(np.array([row]))
     query = regions[0, : int(counts[0])]
     a = ram.captions_for_regions(query, k=20, exhaustive=True)
     b = disk.captions_for_regions(query, k=20, exhaustive=True)
     np.testing.assert_array_equal(a.rows, b.rows)
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=rtol)
 
 
 def test_soft_coding_disk_and_ram_paths_score_identically(index_dir, monkeypatch):
@@ -307,12 +312,7 @@ def test_soft_coding_disk_and_ram_paths_score_identically(index_dir, monkeypatch
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
     hard = VectorSearcher(GalleryIndex(index_dir)).images_for_words(words, k=9, exhaustive=True)
     assert not np.allclose(hard.scores, a.scores)  # the soft scorer did run
-    regions, counts = ram.index.images(np.array([2]))
-    query = regions[0, : int(counts[0])]
-    a = ram.captions_for_regions(query, k=20, exhaustive=True)
-    b = disk.captions_for_regions(query, k=20, exhaustive=True)
-    np.testing.assert_array_equal(a.rows, b.rows)
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    _same_caption_results(ram, disk, row=2, rtol=1e-5)
 
 
 def copy_with_version(index_dir, out, version: int):
