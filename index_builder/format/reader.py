@@ -211,6 +211,9 @@ class GalleryIndex:
     def _stored(
         self, rows: np.ndarray, starts: np.ndarray, vectors: str, scales_name: str
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of one side as stored (segment fields `vectors`, `scales_name`), in the
+        asked order, each segment read in ascending order; one segment's sorted rows come
+        back as its memory map's own slice or gather, with no second copy."""
         parts = list(self._by_segment(rows, starts))
         if len(parts) == 1 and np.all(np.diff(parts[0][2]) > 0):  # one segment, sorted rows
             seg = self.segments[parts[0][0]]
@@ -232,30 +235,15 @@ class GalleryIndex:
                 scales[where[order]] = seg_scales[take]
         return codes, scales
 
-    def _read_images(
-        self, rows: np.ndarray, out: np.ndarray | None = None, scales_out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Rows dequantised into `out`; with `scales_out` (C, K), int8 codes stay unscaled
-        and their scales are written there instead."""
+    def _read_images(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows dequantised into `out` (a new array when None)."""
         if out is None:
             out = np.empty((len(rows), self.num_regions, self.dim), np.float32)
         if self._image_cache is not None:
             out[...] = self._image_cache[rows]
             return out
-        for seg_index, positions, local in self._by_segment(rows, self._image_starts):
-            seg = self.segments[seg_index]
-            order = np.argsort(local, kind="stable")  # sorted reads suit the memory map
-            take = _as_slice(local[order])
-            scales = None if seg.region_scales is None else seg.region_scales[take]
-            target = positions[order]
-            if scales is not None and scales_out is not None:
-                scales_out[target], scales = scales, None
-            if np.array_equal(target, np.arange(len(rows))):
-                # sorted rows, one segment: dequantise straight into the output
-                dequantize(seg.regions[take], scales, out)
-            else:
-                out[target] = dequantize(seg.regions[take], scales)
-        return out
+        codes, scales = self._stored(rows, self._image_starts, "regions", "region_scales")
+        return dequantize(codes, scales, out)
 
     def boxes(self, row: int) -> np.ndarray:
         """(K, 4) boxes of one image (fractions of its width and height)."""
@@ -287,15 +275,8 @@ class GalleryIndex:
     def _read_words(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             out = np.empty((len(positions), self.dim), np.float32)
-        for seg_index, where, local in self._by_segment(positions, self._word_starts):
-            seg = self.segments[seg_index]
-            take = _as_slice(local)  # a contiguous run reads as one block
-            scales = None if seg.word_scales is None else seg.word_scales[take]
-            if np.array_equal(where, np.arange(len(positions))):
-                dequantize(seg.words[take], scales, out)
-            else:
-                out[where] = dequantize(seg.words[take], scales)
-        return out
+        codes, scales = self._stored(positions, self._word_starts, "words", "word_scales")
+        return dequantize(codes, scales, out)
 
     @staticmethod
     def _by_segment(rows: np.ndarray, starts: np.ndarray):
