@@ -3,14 +3,12 @@
 Every caller pools through the one switch, `_pool`, over a reducer that says which
 entries form a segment (a caption):
 
-    lse   log sum_j w_j exp(v_j / t)   = logsumexp(v / t + log w), t = pooling_temperature
-    max   max of v_j over entries with w_j > 0
-    sum   sum_j w_j v_j
-    mean  sum / sum_j w_j               (the caption's word count when every w_j is 1)
+    lse   log sum_j exp(v_j / t)   = logsumexp(v / t), t = pooling_temperature
+    max   max_j v_j
+    sum   sum_j v_j
+    mean  sum / the caption's word count
 
-Weights default to 1; a weight n > 1 stands for n words of the same value (the
-shortlist's "every word not seen is worth `floor`"), a weight 0 for no word. Reducers:
-one segment along a dimension (plain reductions: the exact rerank's one-caption case),
+Reducers: one segment along a dimension (plain reductions: the exact rerank's one-caption case),
 or entries owned by segments (one scatter / index_add pass: thousands of captions of a
 caption search, never a padded copy). Entry points:
 
@@ -20,7 +18,8 @@ caption search, never a padded copy). Entry points:
 
 Each takes torch tensors or numpy arrays (float32 or float64) and returns the same kind.
 pool_partial, the search's approximate stage, is the one that does not go through
-`_pool` (it is not differentiable, and one bincount pass per item is its whole cost).
+`_pool` (it is not differentiable, and one bincount pass per item is its whole cost):
+each item's missing words count as that many entries of value `floor`.
 """
 
 from __future__ import annotations
@@ -89,28 +88,22 @@ def _pool(
     values: torch.Tensor,
     segments: _Along | _Owned,
     matching: Matching,
-    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The one switch on `matching.pooling` (formulas: module docstring). weights: one
-    per entry of the pooled dim, broadcast over the others."""
+    """The one switch on `matching.pooling` (formulas: module docstring)."""
     pooling = matching.pooling
     if pooling == "max":
-        if weights is not None:
-            values = values.masked_fill(weights <= 0, float("-inf"))
         return segments.max(values)
     if pooling == "lse":
         logits = values / matching.pooling_temperature
-        if weights is not None:
-            logits = logits + torch.log(weights)  # log 0 = -inf: the entry adds nothing
         # Shifting by each segment's max keeps exp finite; the result does not depend on
         # the shift, so it takes no gradient. A segment that is all -inf shifts by 0.
         shift = segments.max(logits.detach()).nan_to_num(0.0, posinf=0.0, neginf=0.0)
         return torch.log(segments.sum(torch.exp(logits - segments.spread(shift)))) + shift
     if pooling in ("sum", "mean"):
-        total = segments.sum(values if weights is None else values * weights)
+        total = segments.sum(values)
         if pooling == "sum":
             return total
-        return total / (segments.count(values) if weights is None else segments.sum(weights))
+        return total / segments.count(values)
     raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
 
 
