@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 ASSIGN_BATCH = 8192  # vectors per assignment product (batch x cells bf16 temporary)
 SEED_ROUNDS = 16  # k-means++ seeding draws cells / SEED_ROUNDS seeds per round
 SEED_TRIALS = 3  # candidates per seed in greedy k-means++
+SEED_POINTS_PER_CELL = 4  # k-means++ seeds from a sample of this many points per cell
 FETCH_BATCH = 65_536  # vectors read from the segment per step when writing codes
 CELL_ITERATIONS = 10  # k-means passes; cells only need to be roughly right
 # A side with at most this many vectors is scanned exactly (it costs a few ms): no cells.
@@ -86,7 +87,12 @@ def train_centroids(
     two_level: bool | None = None,
 ) -> np.ndarray:
     """Spherical k-means: (n, d) unit vectors -> (cells, d) unit float32 centroids.
-    Seeded by k-means++ sampling; an emptied cell restarts at a random point. Each pass
+    Seeded by k-means++ over a random SEED_POINTS_PER_CELL points per cell: seeding from
+    every training point cost 55 s of 80 at 4,096 cells on 131,072 points of d=1024 (2
+    AVX2 cores), from 4 per cell 7.7 s, with the same held-out similarity to the cell
+    after the 10 passes (0.8540 against 0.8541; seeding at random, as FAISS does, also
+    0.8541 there, but it leaves a cluster without a cell when the cells are as few as
+    the clusters). An emptied cell restarts at a random point. Each pass
     assigns through an Assigner (two levels from TWO_LEVEL_MIN_CELLS cells, or as
     `two_level` says)."""
     if cells > len(vectors):
@@ -94,7 +100,12 @@ def train_centroids(
     rng = np.random.default_rng(seed)
     points = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
     low = points.to(product_dtype())
-    centroids = points[torch.from_numpy(seed_centroids(low, cells, rng))].clone()
+    pool = torch.from_numpy(
+        np.sort(
+            rng.choice(len(points), min(len(points), SEED_POINTS_PER_CELL * cells), replace=False)
+        )
+    )
+    centroids = points[pool[torch.from_numpy(seed_centroids(low[pool], cells, rng))]].clone()
     for _ in tqdm(range(iterations), desc=f"k-means ({cells} cells)", disable=_quiet(progress)):
         assign, _ = Assigner(centroids.numpy(), two_level)(low)  # regrouped every pass
         sums = torch.zeros_like(centroids).index_add_(0, assign, points)
@@ -172,9 +183,12 @@ class Assigner:
             return
         groups = max(2, 2 ** round(math.log2(math.sqrt(cells))))
         centres = train_centroids(centroids, groups, CELL_ITERATIONS, seed=2, progress=False)
-        self.centres = torch.from_numpy(centres)
+        dtype = product_dtype()
+        self.centres = torch.from_numpy(centres).to(dtype)
         member, _ = nearest_cells(self.centroids, self.centres)
         self.members = [torch.nonzero(member == g).flatten() for g in range(groups)]
+        # each group's centroids gathered once, not once per block
+        self.member_centroids = [self.centroids[m].to(dtype).contiguous() for m in self.members]
         self.probes = min(GROUP_PROBES, groups)
 
     def __call__(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,14 +207,18 @@ class Assigner:
 
     def _two(self, block: torch.Tensor, dtype: torch.dtype):
         low = block.to(dtype)
-        near = (low @ self.centres.to(dtype).T).topk(self.probes, dim=1).indices  # (B, g)
+        near = (low @ self.centres.T).topk(self.probes, dim=1).indices.flatten()  # (B x g,)
+        # the block's rows grouped by probed group in one sort, not one scan per group
+        by_group = torch.argsort(near, stable=True) // self.probes
+        ends = torch.bincount(near, minlength=len(self.members)).cumsum(0).tolist()
         best_sim = torch.full((len(block),), -torch.inf)
         best_cell = torch.zeros(len(block), dtype=torch.int64)
-        for group, members in enumerate(self.members):
-            rows = torch.nonzero((near == group).any(dim=1)).flatten()
-            if not len(rows) or not len(members):
+        for group, (begin, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+            members = self.members[group]
+            if begin == end or not len(members):
                 continue
-            sims = (low[rows] @ self.centroids[members].to(dtype).T).float().max(dim=1)
+            rows = by_group[begin:end]
+            sims = (low[rows] @ self.member_centroids[group].T).float().max(dim=1)
             better = sims.values > best_sim[rows]
             rows = rows[better]
             best_sim[rows] = sims.values[better]
