@@ -6,8 +6,9 @@ into a committed file, so the copy costs nothing) then receives `add` more image
 their captions in `segments` adds, while `clients` threads search it without pause
 through a searcher that follows the index's generation (index_builder/search/live.py),
 as `chan serve` does. Reported: the time of each add, how long after the last add a
-query first returned the new images, failed searches (must be 0), recall@10 before and
-after against exhaustive search, and with `compact`, the time to merge the segments and
+query first returned the new images, failed searches (must be 0), recall@10 against
+exhaustive search of one query set about the base images before and after the adds (and
+after, of queries about the added images), and with `compact`, the time to merge the segments and
 how many queries' top 10 equal those of a fresh build of the whole gallery."""
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def run_add_bench(args: AddBenchOptions) -> dict[str, Any]:
         shutil.rmtree(grown, ignore_errors=True)
         durable.link_tree(base, grown, skip=set())
         rng = np.random.default_rng(args.seed + 11)
-        report["before"] = _recall(world, grown, args.images, args.queries, rng)
+        base_queries = _queries(world, 0, args.images, args.queries, rng)
+        report["before"] = _recall(grown, base_queries)
         report |= _add_under_load(world, grown, args)
-        report["after"] = _recall(world, grown, total, args.queries, rng)
+        report["after"] = _recall(grown, base_queries)
+        report["after_added"] = _recall(grown, _queries(world, args.images, total,
+                                                        args.queries, rng))  # fmt: skip
         if args.compact:
             report["compact"] = _compact_against_fresh(world, grown, workdir, args, total)
         if not args.keep:
@@ -182,18 +186,26 @@ def _append(world: World, index: Path, start: int, stop: int) -> dict[str, Any]:
     return append_segment(index, counts, lengths, fill, images, captions, progress=False)
 
 
-def _recall(world: World, path: Path, images: int, queries: int, rng) -> dict[str, float]:
-    """recall@10 of the default search against exhaustive search, both directions."""
+def _queries(world: World, start: int, stop: int, count: int, rng) -> tuple[list, list]:
+    """`count` text queries (a new caption of an image) and `count` image queries (an
+    image's regions) about images drawn from [start, stop)."""
+    texts = [torch.from_numpy(world.caption(int(i), 98)) for i in rng.integers(start, stop, count)]
+    pictures = []
+    for i in rng.integers(start, stop, count):
+        regions = world.images(int(i), int(i) + 1)[0, : int(world.counts[i])]
+        pictures.append(torch.from_numpy(regions))
+    return texts, pictures
+
+
+def _recall(path: Path, queries: tuple[list, list]) -> dict[str, float]:
+    """recall@10 of the default search against exhaustive search, both directions; the
+    same queries before and after an add isolate what the add changed."""
     index = GalleryIndex(path, checksums=False)
     try:
         searcher = VectorSearcher(index, SearchParams())
-        picks = rng.integers(0, images, queries)
-        texts = [torch.from_numpy(world.caption(int(i), 98)) for i in picks]
-        regions, counts = index.images(rng.integers(0, images, queries))
-        pictures = [regions[i, : int(counts[i])] for i in range(queries)]
         out = {}
-        runs = (("text_to_image", texts, searcher.images_for_words),
-                ("image_to_text", pictures, searcher.captions_for_regions))  # fmt: skip
+        runs = (("text_to_image", queries[0], searcher.images_for_words),
+                ("image_to_text", queries[1], searcher.captions_for_regions))  # fmt: skip
         for name, batch, run in runs:
             hits = [len(np.intersect1d(run(q, 10).rows, run(q, 10, exhaustive=True).rows)) / 10
                     for q in batch]  # fmt: skip
@@ -245,8 +257,10 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name in ("text_to_image", "image_to_text"):
         before, after = report["before"][name], report["after"][name]
+        added = report["after_added"][name]
         lines.append(f"  {name}: recall@10 {before:.3f} before, {after:.3f} after "
-                     f"({after - before:+.3f})")  # fmt: skip
+                     f"({after - before:+.3f}) on the same queries; {added:.3f} on "
+                     "queries about the added images")  # fmt: skip
     if "compact" in report:
         c = report["compact"]
         lines.append(f"compact: {c['seconds']} s; same top-10 as a fresh build for "

@@ -387,6 +387,7 @@ def test_bench_add_grows_a_searched_index_without_failures(capsys, tmp_path):
     assert len(report["add_s"]) == 2
     for name in ("text_to_image", "image_to_text"):
         assert report["after"][name] >= report["before"][name] - 0.05
+        assert report["after_added"][name] >= 0.9  # the added images are found as well
     assert report["compact"]["same_top10"] >= 0.9
     assert set(report["drift"]) == {"regions", "words"}  # both sides went through cells
 
