@@ -412,9 +412,9 @@ def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:
     rows = np.searchsorted(starts, positions, side="right") - 1
     slots = positions - starts[rows]
     unique_rows, inverse = np.unique(rows, return_inverse=True)
-    scales = None if seg.region_scales is None else seg.region_scales[unique_rows]
-    block = dequantize(seg.regions[unique_rows], scales)
-    return block[inverse, slots]
+    codes = seg.regions[unique_rows][inverse, slots]  # only the valid slots are widened
+    scales = None if seg.region_scales is None else seg.region_scales[unique_rows][inverse, slots]
+    return dequantize(codes, scales)
 
 
 def side_vectors(seg: fmt.Segment, side: str) -> tuple[int, Fetch]:

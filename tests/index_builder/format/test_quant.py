@@ -53,10 +53,25 @@ def test_inner_products_of_normalised_vectors_are_preserved():
 def test_blocks_give_the_same_result_as_one_pass(monkeypatch):
     x = np.random.default_rng(2).standard_normal((5, 7, 16)).astype(np.float32)
     expected = quantize_int8(x)
-    monkeypatch.setattr(quant, "QUANT_BLOCK_ROWS", 4)  # 35 rows -> 9 blocks, a ragged last one
+    monkeypatch.setattr(quant, "QUANT_BLOCK_VALUES", 64)  # 4 rows of 16: 35 rows -> 9 blocks
     codes, scales = quantize_int8(x)
     np.testing.assert_array_equal(codes, expected[0])
     np.testing.assert_array_equal(scales, expected[1])
+
+
+def test_codes_round_half_to_even_like_a_numpy_reference():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 64))
+    x[0, :4] = [127.0, 0.5, 1.5, -2.5]  # scale 1: exact ties at .5
+    for dtype in (np.float32, np.float64, np.float16):
+        rows = x.astype(dtype)
+        work = rows.astype(np.float64 if dtype == np.float64 else np.float32)
+        scale = (np.abs(work).max(axis=1) / 127).astype(np.float32)
+        reference = np.clip(np.rint(work / scale.astype(work.dtype)[:, None]), -127, 127)
+        codes, scales = quantize_int8(rows)
+        np.testing.assert_array_equal(scales, scale)
+        np.testing.assert_array_equal(codes, reference.astype(np.int8))
+    assert quantize_int8(x[:1])[0][0, :4].tolist() == [127, 0, 2, -2]
 
 
 def test_float64_and_memmap_inputs(tmp_path):
