@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +199,27 @@ class Assigner:
         dtype = product_dtype()
         cells = torch.empty(len(vectors), dtype=torch.int64)
         sims = torch.empty(len(vectors), dtype=torch.float32)
-        for start in range(0, len(vectors), ASSIGN_BATCH):
+
+        def assign(start: int) -> None:
             block = vectors[start : start + ASSIGN_BATCH]
-            cells[start : start + len(block)], sims[start : start + len(block)] = self._two(
-                block, dtype
-            )
+            stop = start + len(block)
+            cells[start:stop], sims[start:stop] = self._two(block, dtype)
+
+        starts = range(0, len(vectors), ASSIGN_BATCH)
+        threads = torch.get_num_threads()
+        if threads == 1 or len(starts) == 1:
+            for start in starts:
+                assign(start)
+            return cells, sims
+        # Blocks side by side, each on one torch thread: the small products of a block
+        # spend much of a 2-thread op synchronising (x1.15-1.3 on 2 cores). The thread
+        # count is process-wide, so searches running meanwhile also get one thread.
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                list(pool.map(assign, starts))
+        finally:
+            torch.set_num_threads(threads)
         return cells, sims
 
     def _two(self, block: torch.Tensor, dtype: torch.dtype):
@@ -218,7 +235,9 @@ class Assigner:
             if begin == end or not len(members):
                 continue
             rows = by_group[begin:end]
-            sims = (low[rows] @ self.member_centroids[group].T).float().max(dim=1)
+            # index_select: 6-8x faster than low[rows], which was a quarter of the time
+            picked = torch.index_select(low, 0, rows)
+            sims = (picked @ self.member_centroids[group].T).float().max(dim=1)
             better = sims.values > best_sim[rows]
             rows = rows[better]
             best_sim[rows] = sims.values[better]
@@ -227,7 +246,8 @@ class Assigner:
         # with a far cell, among the least similar of the block: those are redone exactly
         doubt = torch.nonzero(best_sim <= torch.quantile(best_sim, RECHECK_SHARE)).flatten()
         if len(doubt):
-            best_cell[doubt], best_sim[doubt] = nearest_cells(block[doubt], self.centroids)
+            redo = torch.index_select(block, 0, doubt)
+            best_cell[doubt], best_sim[doubt] = nearest_cells(redo, self.centroids)
         return best_cell, best_sim
 
 
