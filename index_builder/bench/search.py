@@ -125,19 +125,36 @@ def build(world: World, out: Path, storage: str, count: int | None = None) -> di
         build={"synthetic": {k: v for k, v in vars(args).items() if k in BENCH_KEYS}},
     )  # fmt: skip
     lengths = np.full(n_caps, args.words, np.int64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(build_threads())  # a build uses every core; a search --threads
+    try:
+        figures = _write(world, out, spec, images, lengths)
+    finally:
+        torch.set_num_threads(threads)
+    return figures | {"build_threads": build_threads()}
+
+
+def build_threads() -> int:
+    """The cores this process may run on: the torch threads of a build."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _write(world: World, out: Path, spec: WriterSpec, images: int, lengths: np.ndarray):
+    args = world.args
+    n_caps = len(lengths)
     synthesis = 0.0  # generating the embeddings is the bench's work, not the build's
 
     def made(make, *key):
         nonlocal synthesis
         began = time.perf_counter()
-        out = make(*key)
+        result = make(*key)
         synthesis += time.perf_counter() - began
-        return out
+        return result
 
     started = time.perf_counter()
     writer = IndexWriter(out, spec, world.counts[:images], lengths, overwrite=True)
     step = 256
-    for start in tqdm(range(0, images, step), desc=f"write images ({storage})", disable=None):
+    for start in tqdm(range(0, images, step), desc=f"write images ({spec.storage})", disable=None):
         stop = min(images, start + step)
         regions = made(world.images, start, stop)
         writer.write_images(start, regions, np.zeros((stop - start, args.regions, 4)))

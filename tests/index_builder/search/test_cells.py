@@ -62,6 +62,30 @@ def test_kmeans_finds_separated_clusters_and_codes_follow_them(tmp_path):
     assert len({tuple(np.unique(codes[truth == c])) for c in range(6)}) == 6
 
 
+def test_blocks_assigned_side_by_side_equal_one_by_one_and_restore_the_threads(monkeypatch):
+    """With 2 torch threads the two-level blocks run in 2 worker threads of one torch
+    thread each: the same cells and similarities as one block after another, and the
+    thread count is back afterwards."""
+    from index_builder.build import cells as cells_module
+
+    rng = np.random.default_rng(5)
+    centroids = _unit(rng.normal(size=(256, 24)))
+    vectors = torch.from_numpy(_unit(centroids[rng.integers(0, 256, 3000)]
+                                     + rng.normal(size=(3000, 24)) * 0.1))  # fmt: skip
+    assigner = Assigner(centroids, two_level=True)
+    monkeypatch.setattr(cells_module, "ASSIGN_BATCH", 256)  # 12 blocks, a ragged last one
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_by_one = assigner(vectors)
+        torch.set_num_threads(2)
+        side_by_side = assigner(vectors)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(side_by_side, one_by_one, rtol=0, atol=0)
+
+
 def test_nearest_cells_is_the_argmax_of_inner_products():
     rng = np.random.default_rng(1)
     centroids = _unit(rng.normal(size=(50, 32)))
