@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index_builder.build.cells import torch_threads
 from index_builder.build.writer import IndexWriter, WriterSpec
 from index_builder.format.manifest import RESIDUAL_FILES, code_bytes
 from index_builder.format.metadata import CaptionRecord, ImageRecord
@@ -125,13 +126,10 @@ def build(world: World, out: Path, storage: str, count: int | None = None) -> di
         build={"synthetic": {k: v for k, v in vars(args).items() if k in BENCH_KEYS}},
     )  # fmt: skip
     lengths = np.full(n_caps, args.words, np.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(build_threads())  # a build uses every core; a search --threads
-    try:
+    threads = build_threads()
+    with torch_threads(threads):  # a build uses every core; a search --threads
         figures = _write(world, out, spec, images, lengths)
-    finally:
-        torch.set_num_threads(threads)
-    return figures | {"build_threads": build_threads()}
+    return figures | {"build_threads": threads}
 
 
 def build_threads() -> int:

@@ -19,9 +19,10 @@ the exact product's cell and the same held-out quantisation quality."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -214,12 +215,8 @@ class Assigner:
         # Blocks side by side, each on one torch thread: the small products of a block
         # spend much of a 2-thread op synchronising (x1.15-1.3 on 2 cores). The thread
         # count is process-wide, so searches running meanwhile also get one thread.
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-                list(pool.map(assign, starts))
-        finally:
-            torch.set_num_threads(threads)
+        with torch_threads(1), ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(assign, starts))
         return cells, sims
 
     def _two(self, block: torch.Tensor, dtype: torch.dtype):
@@ -249,6 +246,17 @@ class Assigner:
             redo = torch.index_select(block, 0, doubt)
             best_cell[doubt], best_sim[doubt] = nearest_cells(redo, self.centroids)
         return best_cell, best_sim
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's (process-wide) thread count set to `count` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_codes(

@@ -411,10 +411,8 @@ def region_vectors(seg: fmt.Segment, positions: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(seg.counts)])
     rows = np.searchsorted(starts, positions, side="right") - 1
     slots = positions - starts[rows]
-    unique_rows, inverse = np.unique(rows, return_inverse=True)
-    codes = seg.regions[unique_rows][inverse, slots]  # only the valid slots are widened
-    scales = None if seg.region_scales is None else seg.region_scales[unique_rows][inverse, slots]
-    return dequantize(codes, scales)
+    scales = None if seg.region_scales is None else seg.region_scales[rows, slots]
+    return dequantize(seg.regions[rows, slots], scales)  # only the valid slots are read
 
 
 def side_vectors(seg: fmt.Segment, side: str) -> tuple[int, Fetch]:

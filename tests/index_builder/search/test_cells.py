@@ -74,15 +74,11 @@ def test_blocks_assigned_side_by_side_equal_one_by_one_and_restore_the_threads(m
                                      + rng.normal(size=(3000, 24)) * 0.1))  # fmt: skip
     assigner = Assigner(centroids, two_level=True)
     monkeypatch.setattr(cells_module, "ASSIGN_BATCH", 256)  # 12 blocks, a ragged last one
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with cells_module.torch_threads(1):
         one_by_one = assigner(vectors)
-        torch.set_num_threads(2)
+    with cells_module.torch_threads(2):
         side_by_side = assigner(vectors)
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
     torch.testing.assert_close(side_by_side, one_by_one, rtol=0, atol=0)
 
 
